@@ -1,0 +1,42 @@
+# worldloop: `make demo` sets up and runs the built-in demo, `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data/sim
+EPISODES ?= 200
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(VENV)/.installed
+
+# CPU machines get the CPU wheel of torch first (2.13.0 lies on this workplace's disk); with a GPU,
+# pip resolves torch>=2.4 from pyproject.toml to a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.4"; fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/harness data synth --episodes $(EPISODES) --out $(DATA)
+	$(VENV)/bin/harness data info $(DATA)
+	$(VENV)/bin/harness data build $(DATA)
+	$(VENV)/bin/harness data show $(DATA) --split val --out reports/demo-canvases.png
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""`harness`: the command line. Each command is a thin shell over a library function.
+
+User errors (a bad dataset, a bad config) end in one red line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from harness import data_cli
+from models.errors import WorldloopError, describe_validation_error
+
+app = typer.Typer(
+    help="worldloop: overnight world-model research on an SO-101 arm.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cli.app, name="data")
+
+err_console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `harness` script: run the app, turning user errors into one line."""
+    try:
+        app(args=argv, prog_name="harness")
+    except ValidationError as err:
+        err_console.print(f"[red]error:[/red] {describe_validation_error(err)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except WorldloopError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""World models, their data and canvases. Imports nothing from `harness` or `robot`."""

@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Everything that goes wrong because of *input* (a dataset, a config, a checkpoint) raises a subclass of
+`WorldloopError` whose message is one readable line naming the file or field. The CLIs print that line and
+exit non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class WorldloopError(Exception):
+    """Base class for user-facing errors: the message is shown as is, without a traceback."""
+
+
+class DatasetError(WorldloopError):
+    """A dataset on disk is missing, corrupt, of another version, or lacks what was asked for."""
+
+
+class ConfigError(WorldloopError):
+    """A config file or value is invalid."""
+
+
+def describe_validation_error(err: object, source: str = "config") -> str:
+    """One line listing every bad field of a pydantic ValidationError, e.g. for a CLI to print."""
+    problems = []
+    for item in err.errors():  # type: ignore[attr-defined]
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        problems.append(f"{where}: {item['msg']}")
+    return f"bad {source}: " + "; ".join(problems)
