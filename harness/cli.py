@@ -6,7 +6,6 @@ User errors (a bad dataset, a bad config) end in one red line and a non-zero exi
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -31,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="harness")
     except ValidationError as err:
-        err_console.print(f"[red]error:[/red] {describe_validation_error(err)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/red] {describe_validation_error(err)}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except WorldloopError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)

@@ -10,7 +10,14 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from models.canvas import CanvasConfig
@@ -19,7 +26,7 @@ from models.lerobot import LeRobotReader
 from models.vocab import ACTION_NAMES, BUFFER
 
 app = typer.Typer(help="Datasets: simulate, cache canvases, show, describe.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)
 
 DatasetDir = Annotated[Path, typer.Argument(help="A LeRobot v3.0 dataset directory.")]
 Cameras = Annotated[str, typer.Option(help="Comma-separated cameras stacked on the canvas, top first.")]
@@ -163,7 +170,9 @@ def info(
     table = Table(title=str(dataset), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("format", f"LeRobot {reader.info.get('codebase_version')}, robot {reader.info.get('robot_type')}")
+    table.add_row(
+        "format", f"LeRobot {reader.info.get('codebase_version')}, robot {reader.info.get('robot_type')}"
+    )
     table.add_row("episodes", f"{reader.num_episodes} ({reader.total_frames} frames at {reader.fps} fps)")
     lengths = reader.episode_lengths
     table.add_row("episode length", f"{lengths.min()}–{lengths.max()} frames (mean {lengths.mean():.0f})")
@@ -194,4 +203,6 @@ def _camera_size(reader: LeRobotReader, camera: str) -> str:
 
 
 def _size_mb(root: Path) -> float:
-    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and ".cache" not in p.parts) / 1e6
+    return (
+        sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file() and ".cache" not in p.parts) / 1e6
+    )

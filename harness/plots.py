@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 from models.canvas import CanvasConfig  # noqa: E402
 
 
-def canvas_grid(canvases: np.ndarray, titles: list[str], config: CanvasConfig, out: Path, columns: int = 4) -> Path:
+def canvas_grid(
+    canvases: np.ndarray, titles: list[str], config: CanvasConfig, out: Path, columns: int = 4
+) -> Path:
     """Save canvases as a titled grid, pixels shown as squares, with the target step outlined."""
     n = len(canvases)
     columns = min(columns, n)

@@ -51,7 +51,9 @@ class CanvasConfig(BaseModel):
     motor_strip_height: int = Field(8, ge=0, le=128, description="0 leaves the strip out.")
     joints: tuple[str, ...] = Field(JOINT_NAMES, description="Joints drawn on the motor strip, in order.")
     velocity_range: float = Field(
-        20.0, gt=0, description="Change of a joint over one action (normalized units) drawn as white or black."
+        20.0,
+        gt=0,
+        description="Change of a joint over one action (normalized units) drawn as white or black.",
     )
     action_duration: float = Field(0.5, gt=0, description="Seconds each discrete action is held: one step.")
     action_colors: dict[str, tuple[int, int, int]] = Field(default_factory=lambda: dict(ACTION_COLORS))
@@ -72,7 +74,9 @@ class CanvasConfig(BaseModel):
 
     @field_validator("action_colors")
     @classmethod
-    def _one_color_per_action(cls, colors: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int, int]]:
+    def _one_color_per_action(
+        cls, colors: dict[str, tuple[int, int, int]]
+    ) -> dict[str, tuple[int, int, int]]:
         if set(colors) != set(ACTION_NAMES):
             raise ValueError(f"need exactly one color per action {list(ACTION_NAMES)}, got {sorted(colors)}")
         for name, rgb in colors.items():
@@ -136,7 +140,9 @@ class CanvasLayout:
         try:
             i = self.config.cameras.index(camera)
         except ValueError:
-            raise KeyError(f"camera {camera!r} is not on this canvas; cameras: {list(self.config.cameras)}") from None
+            raise KeyError(
+                f"camera {camera!r} is not on this canvas; cameras: {list(self.config.cameras)}"
+            ) from None
         return slice(i * self.config.frame_height, (i + 1) * self.config.frame_height)
 
     @property
@@ -194,7 +200,9 @@ class CanvasLayout:
         """Action ids read back from the separator colors (nearest color), shape (..., history)."""
         out = []
         for index in range(self.config.history):
-            mean = canvas[..., self.separator_columns(index), :].reshape(*canvas.shape[:-3], -1, 3).mean(axis=-2)
+            mean = (
+                canvas[..., self.separator_columns(index), :].reshape(*canvas.shape[:-3], -1, 3).mean(axis=-2)
+            )
             dist = ((mean[..., None, :] - self._colors.astype(np.float64)) ** 2).sum(-1)
             out.append(dist.argmin(-1))
         return np.stack(out, axis=-1)
@@ -223,8 +231,10 @@ class CanvasLayout:
         return np.floor(unit * 255.0 + 0.5).astype(np.uint8)
 
     def velocity_gray(self, deltas: np.ndarray) -> np.ndarray:
-        """Gray level (uint8) of a velocity patch: mid-gray for no motion, white/black at +/- velocity_range."""
-        scaled = VELOCITY_ZERO_GRAY + np.asarray(deltas, dtype=np.float64) * (127.0 / self.config.velocity_range)
+        """Gray level (uint8) of a velocity patch: mid-gray when still, white/black at +/- velocity_range."""
+        scaled = VELOCITY_ZERO_GRAY + np.asarray(deltas, dtype=np.float64) * (
+            127.0 / self.config.velocity_range
+        )
         return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
 
 
@@ -248,12 +258,16 @@ def build_many(
     actions = np.asarray(actions, dtype=np.int64)
     n, steps = actions.shape[0], layout.steps
     if states.shape != (n, steps, len(config.joints)):
-        raise ValueError(f"states must be (N={n}, steps={steps}, joints={len(config.joints)}), got {states.shape}")
+        raise ValueError(
+            f"states must be (N={n}, steps={steps}, joints={len(config.joints)}), got {states.shape}"
+        )
     if actions.shape != (n, config.history):
         raise ValueError(f"actions must be (N={n}, history={config.history}), got {actions.shape}")
     if ((actions < 0) | (actions >= NUM_ACTIONS)).any():
         bad = int(actions[(actions < 0) | (actions >= NUM_ACTIONS)][0])
-        raise ValueError(f"action {bad} is not a vocabulary id" + (" (buffer frame)" if bad == BUFFER else ""))
+        raise ValueError(
+            f"action {bad} is not a vocabulary id" + (" (buffer frame)" if bad == BUFFER else "")
+        )
     missing = [cam for cam in config.cameras if cam not in frames]
     if missing:
         raise KeyError(f"no frames for camera(s) {missing}; got {sorted(frames)}")
@@ -273,11 +287,17 @@ def build_many(
         velocities = layout.velocity_gray(np.diff(full, axis=1))
         for step in range(steps):
             for j in range(len(config.joints)):
-                canvas[:, layout.strip_rows, layout.position_patch_columns(step, j)] = positions[:, step, j, None, None, None]
-                canvas[:, layout.strip_rows, layout.velocity_patch_columns(step, j)] = velocities[:, step, j, None, None, None]
+                canvas[:, layout.strip_rows, layout.position_patch_columns(step, j)] = positions[
+                    :, step, j, None, None, None
+                ]
+                canvas[:, layout.strip_rows, layout.velocity_patch_columns(step, j)] = velocities[
+                    :, step, j, None, None, None
+                ]
 
     for index in range(config.history):
-        canvas[:, :, layout.separator_columns(index)] = layout.action_color(actions[:, index])[:, None, None, :]
+        canvas[:, :, layout.separator_columns(index)] = layout.action_color(actions[:, index])[
+            :, None, None, :
+        ]
     return canvas
 
 
@@ -299,7 +319,7 @@ def build(
 
 
 def _resized(video: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (..., h, w, 3) frames to the canvas frame size; area interpolation keeps them sharp but unaliased."""
+    """Resize (..., h, w, 3) frames to the canvas size; area interpolation keeps them sharp but unaliased."""
     if video.shape[-3:-1] == (height, width):
         return video
     flat = video.reshape(-1, *video.shape[-3:])

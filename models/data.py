@@ -49,7 +49,10 @@ class SplitConfig(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
 
-def split_episodes(num_episodes: int, split: SplitConfig = SplitConfig()) -> dict[str, np.ndarray]:
+DEFAULT_SPLIT = SplitConfig()
+
+
+def split_episodes(num_episodes: int, split: SplitConfig = DEFAULT_SPLIT) -> dict[str, np.ndarray]:
     """Episode indices per split; val and test get at least one episode each when there are 3 or more."""
     if split.val_fraction + split.test_fraction >= 1:
         raise ValueError("val_fraction + test_fraction must leave episodes for training")
@@ -164,7 +167,9 @@ def dataset_fingerprint(root: Path) -> str:
     Videos can be gigabytes and are only ever appended or replaced, so their size stands in for content.
     """
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and CACHE_DIRNAME not in p.relative_to(root).parts):
+    for path in sorted(
+        p for p in root.rglob("*") if p.is_file() and CACHE_DIRNAME not in p.relative_to(root).parts
+    ):
         rel = path.relative_to(root).as_posix()
         digest.update(rel.encode() + b"\0")
         if rel.startswith("videos/"):
@@ -187,7 +192,9 @@ def cache_key(root: Path, config: CanvasConfig, split: SplitConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir(root: Path, config: CanvasConfig, split: SplitConfig = SplitConfig(), cache_root: Path | None = None) -> Path:
+def cache_dir(
+    root: Path, config: CanvasConfig, split: SplitConfig = DEFAULT_SPLIT, cache_root: Path | None = None
+) -> Path:
     return (cache_root or Path(root) / CACHE_DIRNAME) / f"canvas-{cache_key(Path(root), config, split)}"
 
 
@@ -198,7 +205,7 @@ Progress = Callable[[int, int], None]
 def build_cache(
     root: Path,
     config: CanvasConfig,
-    split: SplitConfig = SplitConfig(),
+    split: SplitConfig = DEFAULT_SPLIT,
     cache_root: Path | None = None,
     progress: Progress | None = None,
     force: bool = False,
@@ -208,7 +215,9 @@ def build_cache(
     reader = LeRobotReader(root)
     missing = [cam for cam in config.cameras if cam not in reader.cameras]
     if missing:
-        raise DatasetError(f"camera(s) {missing} not in {root / 'meta/info.json'}; it has {list(reader.cameras)}")
+        raise DatasetError(
+            f"camera(s) {missing} not in {root / 'meta/info.json'}; it has {list(reader.cameras)}"
+        )
     target = cache_dir(root, config, split, cache_root)
     if target.exists() and not force:
         verify_cache(target)
@@ -237,7 +246,11 @@ def build_cache(
             offsets[name] += n
             if progress:
                 progress(done, reader.num_episodes)
-        index = {"format": CACHE_FORMAT, "dataset": str(root.resolve()), "canvas": config.model_dump(mode="json")}
+        index = {
+            "format": CACHE_FORMAT,
+            "dataset": str(root.resolve()),
+            "canvas": config.model_dump(mode="json"),
+        }
         index["split"] = split.model_dump(mode="json")
         index["splits"] = {}
         for name in SPLITS:
@@ -269,7 +282,7 @@ def load_split(
     root: Path,
     config: CanvasConfig,
     name: str,
-    split: SplitConfig = SplitConfig(),
+    split: SplitConfig = DEFAULT_SPLIT,
     cache_root: Path | None = None,
 ) -> CanvasSplit:
     """A split's canvases from the cache; a missing cache says how to build it."""
@@ -289,9 +302,14 @@ def load_split(
         with np.load(meta_file) as meta:
             facts = {k: meta[k] for k in ("episode", "frames", "actions", "states")}
     except (OSError, ValueError, KeyError) as err:
-        raise DatasetError(f"canvas cache {directory} is damaged ({err}); rebuild with `harness data build {root} --force`") from None
+        raise DatasetError(
+            f"canvas cache {directory} is damaged ({err}); rebuild with `harness data build {root} --force`"
+        ) from None
     if canvases.shape[1:] != config.layout.shape or len(canvases) != len(facts["episode"]):
-        raise DatasetError(f"canvas cache {directory} does not match its index; rebuild with `harness data build {root} --force`")
+        raise DatasetError(
+            f"canvas cache {directory} does not match its index; "
+            f"rebuild with `harness data build {root} --force`"
+        )
     return CanvasSplit(name=name, config=config, canvases=canvases, **facts)
 
 
@@ -319,7 +337,9 @@ def _save_meta(path: Path, samples: list[EpisodeSamples], config: CanvasConfig) 
 
     np.savez(
         path,
-        episode=np.concatenate([np.full(len(s.frames), s.episode, dtype=np.int64) for s in samples] or [np.zeros(0, np.int64)]),
+        episode=np.concatenate(
+            [np.full(len(s.frames), s.episode, dtype=np.int64) for s in samples] or [np.zeros(0, np.int64)]
+        ),
         frames=cat("frames", (steps,), np.int64),
         actions=cat("actions", (config.history,), np.int64),
         states=cat("states", (steps, joints), np.float32),

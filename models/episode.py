@@ -44,7 +44,9 @@ class Episode:
             )
         for name, video in self.frames.items():
             if video.dtype != np.uint8 or video.ndim != 4 or video.shape[0] != n or video.shape[3] != 3:
-                raise ValueError(f"camera {name!r}: expected ({n}, H, W, 3) uint8, got {video.shape} {video.dtype}")
+                raise ValueError(
+                    f"camera {name!r}: expected ({n}, H, W, 3) uint8, got {video.shape} {video.dtype}"
+                )
 
     @property
     def length(self) -> int:

@@ -45,6 +45,7 @@ def joint_range(name: str) -> tuple[float, float]:
     """The normalized range of a joint: what a motor-strip gray level of 0 and 255 stands for."""
     return (0.0, 100.0) if name == GRIPPER else (-100.0, 100.0)
 
+
 # The published canvas world-model data codes move+ = 1, move- = 2, stay = 3 and 0 for a buffer frame.
 _PUBLISHED_CODE_TO_ACTION = np.array([BUFFER, PAN_PLUS, PAN_MINUS, STAY], dtype=np.int64)
 
@@ -66,7 +67,9 @@ def from_published_codes(codes: np.ndarray) -> np.ndarray:
     return _PUBLISHED_CODE_TO_ACTION[codes]
 
 
-def derive_from_commands(commanded: np.ndarray, frames_per_action: int, deadband: float) -> np.ndarray:
+def derive_from_commands(
+    commanded: np.ndarray, frames_per_action: int, deadband: float, measured: np.ndarray | None = None
+) -> np.ndarray:
     """Discrete actions from the commanded position of `ACTION_JOINT`, for datasets that log none.
 
     Without a log we cannot know where actions start, so the episode is cut into windows of
@@ -74,12 +77,16 @@ def derive_from_commands(commanded: np.ndarray, frames_per_action: int, deadband
     the command moved over it (from the frame before the window to its last frame). A goal that jumps when
     the action starts (our sim, key teleop) and one that ramps through the window (leader-arm teleop) both
     come out right when the recording started on an action boundary. Moves within `deadband`
-    (normalized units) count as `stay`.
+    (normalized units) count as `stay`. The first window has no frame before it: the command logged at
+    frame 0 may already include the first action, so the measured position at frame 0 (`measured`, when
+    given) stands in for the command before it.
     """
     commanded = np.asarray(commanded, dtype=np.float64)
     n = len(commanded)
     starts = np.arange(0, n, frames_per_action)
     before = commanded[np.maximum(starts - 1, 0)]
+    if measured is not None and n:
+        before[0] = float(np.asarray(measured, dtype=np.float64)[0])
     last = commanded[np.minimum(starts + frames_per_action - 1, n - 1)]
     delta = last - before
     per_window = np.full(len(starts), STAY, dtype=np.int64)

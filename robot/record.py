@@ -34,7 +34,9 @@ def _render_episode(args: tuple[SimConfig, int, int, int]) -> Episode:
     return record_episode(SimArm(config, seed=s), num_actions, np.random.default_rng(s), seed=s)
 
 
-def _sim_episodes(config: SimConfig, episodes: int, actions: int, seed: int, workers: int) -> Iterator[Episode]:
+def _sim_episodes(
+    config: SimConfig, episodes: int, actions: int, seed: int, workers: int
+) -> Iterator[Episode]:
     jobs = [(config, seed, i, actions) for i in range(episodes)]
     if workers <= 1 or episodes < 4:
         yield from map(_render_episode, jobs)
@@ -60,7 +62,9 @@ def record_sim_dataset(
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     cameras = {cam: (config.frame_height, config.frame_width) for cam in config.cameras}
     with LeRobotWriter(Path(out), fps=config.fps, cameras=cameras, overwrite=overwrite) as writer:
-        for done, episode in enumerate(_sim_episodes(config, episodes, actions_per_episode, seed, workers), 1):
+        for done, episode in enumerate(
+            _sim_episodes(config, episodes, actions_per_episode, seed, workers), 1
+        ):
             writer.add_episode(episode)
             if progress:
                 progress(done, episodes)

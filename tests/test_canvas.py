@@ -87,7 +87,11 @@ def test_build_many_matches_build_and_resizes_frames():
     states = np.random.default_rng(1).uniform(-100, 100, (2, 6))
     one = build(config, big, states, [PAN_MINUS])
     many = build_many(
-        config, {k: v[None].repeat(3, 0) for k, v in big.items()}, states[None].repeat(3, 0), states[:1].repeat(3, 0), np.full((3, 1), PAN_MINUS)
+        config,
+        {k: v[None].repeat(3, 0) for k, v in big.items()},
+        states[None].repeat(3, 0),
+        states[:1].repeat(3, 0),
+        np.full((3, 1), PAN_MINUS),
     )
     assert one.shape == (2 * 24 + 8, 2 * 32 + 8, 3)
     for canvas in many:

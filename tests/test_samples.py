@@ -50,6 +50,9 @@ def test_published_codes_map_to_our_ids():
 def test_actions_derived_from_commanded_pan():
     step = 7.0
     jumps = np.concatenate([np.zeros(15), np.full(30, step), np.zeros(15)])  # stay, pan+, stay, pan-
-    assert derive_from_commands(jumps, 15, deadband=1.0).tolist() == held(STAY, PAN_PLUS, STAY, PAN_MINUS).tolist()
+    assert (
+        derive_from_commands(jumps, 15, deadband=1.0).tolist()
+        == held(STAY, PAN_PLUS, STAY, PAN_MINUS).tolist()
+    )
     ramp = np.concatenate([np.linspace(0, step, 15), np.full(15, step)])  # leader-arm style ramp
     assert derive_from_commands(ramp, 15, deadband=1.0).tolist() == held(PAN_PLUS, STAY).tolist()

@@ -1,0 +1,91 @@
+"""What every benchmark shares: a row type, the printed table, and the RESULTS.md writer.
+
+Each benchmark owns one section of benchmarks/RESULTS.md (between `<!-- bench:NAME -->` markers) and
+rewrites only that section, so benchmarks can be run one at a time (`python -m benchmarks.NAME`) or all
+together (`make bench`) without losing each other's figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    note: str = ""
+
+    @property
+    def shown(self) -> str:
+        if abs(self.value) >= 100:
+            return f"{self.value:,.0f}"
+        return f"{self.value:.3g}"
+
+
+def machine() -> str:
+    """One line naming the machine, so figures from different machines are never compared by accident."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("measure", "value", "unit", "target", "note"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in rows:
+        table.add_row(row.name, row.shown, row.unit, row.target, row.note)
+    Console().print(table)
+
+
+def write_section(name: str, title: str, rows: list[Row], notes: str = "") -> Path:
+    """Replace this benchmark's section of RESULTS.md with fresh figures, machine and date."""
+    lines = [
+        f"<!-- bench:{name} -->",
+        f"## {title}",
+        "",
+        f"`python -m benchmarks.{name}` — {dt.date.today().isoformat()}, {machine()}",
+        "",
+        "| measure | value | unit | target | note |",
+        "|---|---:|---|---|---|",
+        *(f"| {r.name} | {r.shown} | {r.unit} | {r.target} | {r.note} |" for r in rows),
+    ]
+    if notes:
+        lines += ["", notes.strip()]
+    lines.append(f"<!-- /bench:{name} -->")
+    section = "\n".join(lines)
+
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nLatest figures of each benchmark.\n"
+    )
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(RESULTS)
+    return RESULTS

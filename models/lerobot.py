@@ -1,0 +1,1098 @@
+"""LeRobot dataset v3.0, written and read with pyarrow + PyAV only.
+
+Real recordings made with LeRobot and our simulated ones must read the same way, so the on-disk layout follows
+LeRobot's v3.0 schema (`lerobot/datasets/utils.py`, `dataset_metadata.py`, `dataset_writer.py`) rather than
+anything of our own: several episodes share one data parquet and one mp4 per camera, and
+`meta/episodes/*/*.parquet` says where each episode lives (row range, file indices, video time range).
+
+    meta/info.json                      codebase_version, fps, features, path templates, totals
+    meta/stats.json                     per feature min / max / mean / std / count
+    meta/tasks.parquet                  task_index + task (pandas index, as LeRobot writes it)
+    meta/episodes/chunk-000/file-000.parquet
+    data/chunk-{c:03d}/file-{f:03d}.parquet
+    videos/observation.images.<camera>/chunk-{c:03d}/file-{f:03d}.mp4
+
+The `lerobot` package is not a dependency (heavy, pins an old torch). Every input problem a reader can meet
+raises `DatasetError` with one line naming the file or field, never a raw pyarrow / av traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models import vocab
+from models.episode import Episode
+from models.errors import DatasetError
+from models.vocab import JOINT_NAMES
+
+CODEBASE_VERSION = "v3.0"
+
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+EPISODES_DIR = "meta/episodes"
+SIDECAR_DIR = "meta/discrete_action_logs"
+_CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+EPISODES_PATH = f"{EPISODES_DIR}/{_CHUNK_FILE}.parquet"
+DATA_PATH = f"data/{_CHUNK_FILE}.parquet"
+VIDEO_PATH = "videos/{video_key}/" + _CHUNK_FILE + ".mp4"
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+DISCRETE_KEY = "discrete_action"
+IMAGE_PREFIX = "observation.images."
+JOINT_SUFFIX = ".pos"
+"""LeRobot's SO-101 names its state/action entries `<joint>.pos`."""
+
+ACTION_DURATION_S = 0.5
+"""How long one discrete action is held; used only to derive actions for datasets that log none."""
+DERIVE_DEADBAND = 1.0
+
+_MB = 1024**2
+_MAX_STATS_FRAMES = 100
+"""Frames per episode sampled for image stats, as LeRobot's `estimate_num_samples` does for short episodes."""
+
+_SCALAR_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+_REQUIRED_FEATURES = (STATE_KEY, ACTION_KEY, "timestamp", "frame_index", "episode_index")
+
+
+# --------------------------------------------------------------------------------------------- shared pieces
+
+
+@dataclass
+class _FileSlot:
+    """Chunk and file index of the file being filled; the file index restarts in a new chunk directory."""
+
+    chunk_index: int = 0
+    file_index: int = 0
+
+    def advance(self, chunks_size: int) -> None:
+        if self.file_index == chunks_size - 1:
+            self.chunk_index, self.file_index = self.chunk_index + 1, 0
+        else:
+            self.file_index += 1
+
+    def path(self, template: str, **keys: str) -> str:
+        return template.format(chunk_index=self.chunk_index, file_index=self.file_index, **keys)
+
+
+def _one_line(exc: BaseException) -> str:
+    """pyarrow and ffmpeg messages can span lines; a DatasetError must stay one line."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _video_key(camera: str) -> str:
+    return IMAGE_PREFIX + camera
+
+
+# --------------------------------------------------------------------------------------------------- stats
+
+
+Stats = dict[str, np.ndarray]
+
+
+def _vector_stats(values: np.ndarray) -> Stats:
+    """Stats over frames; a scalar column keeps a length-1 axis, as LeRobot stores shape-(1,) features."""
+    values = np.asarray(values)
+    keepdims = values.ndim == 1
+    return {
+        "min": np.min(values, axis=0, keepdims=keepdims).astype(np.float64),
+        "max": np.max(values, axis=0, keepdims=keepdims).astype(np.float64),
+        "mean": np.mean(values, axis=0, keepdims=keepdims, dtype=np.float64),
+        "std": np.std(values, axis=0, keepdims=keepdims, dtype=np.float64),
+        "count": np.array([len(values)], dtype=np.int64),
+    }
+
+
+def _image_stats(frames: np.ndarray) -> Stats:
+    """Per-channel stats in [0, 1] with LeRobot's (3, 1, 1) shape, from up to 100 evenly spaced frames.
+
+    Computed from a 256-bin histogram per channel: exact for uint8 and several times faster than float
+    reductions over a channel-last array. `count` is the number of frames sampled, as in LeRobot.
+    """
+    picks = np.unique(
+        np.linspace(0, len(frames) - 1, min(len(frames), _MAX_STATS_FRAMES)).round().astype(int)
+    )
+    pixels = frames[picks].reshape(-1, 3)
+    levels = np.arange(256, dtype=np.float64)
+    stats: dict[str, list[float]] = {"min": [], "max": [], "mean": [], "std": []}
+    for channel in range(3):
+        hist = np.bincount(pixels[:, channel], minlength=256).astype(np.float64)
+        present = np.flatnonzero(hist)
+        mean = hist @ levels / hist.sum()
+        stats["min"].append(present[0])
+        stats["max"].append(present[-1])
+        stats["mean"].append(mean)
+        stats["std"].append(np.sqrt(hist @ (levels - mean) ** 2 / hist.sum()))
+    result = {
+        name: (np.array(values, dtype=np.float64) / 255.0).reshape(3, 1, 1) for name, values in stats.items()
+    }
+    return {**result, "count": np.array([len(picks)], dtype=np.int64)}
+
+
+def _aggregate_stats(per_episode: Sequence[Stats]) -> Stats:
+    """Dataset stats from episode stats: count-weighted mean and the pooled (parallel) variance."""
+    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64)
+    means = np.stack([s["mean"] for s in per_episode])
+    variances = np.stack([s["std"] ** 2 for s in per_episode])
+    weights = counts.reshape(-1, *([1] * (means.ndim - 1)))
+    mean = (means * weights).sum(axis=0) / counts.sum()
+    variance = ((variances + (means - mean) ** 2) * weights).sum(axis=0) / counts.sum()
+    return {
+        "min": np.min(np.stack([s["min"] for s in per_episode]), axis=0),
+        "max": np.max(np.stack([s["max"] for s in per_episode]), axis=0),
+        "mean": mean,
+        "std": np.sqrt(variance),
+        "count": np.array([int(counts.sum())], dtype=np.int64),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _codec_options(codec: str, crf: int) -> dict[str, str]:
+    """Quality-based rate control: the frames are small and compress well, bitrate targets would not fit."""
+    if codec in ("libx264", "h264", "libx265", "hevc"):
+        return {"crf": str(crf), "preset": "fast"}
+    if codec == "libsvtav1":
+        return {"crf": str(crf), "preset": "8"}
+    return {}
+
+
+class _Mp4File:
+    """One mp4 being written: a single video stream to which consecutive episodes are appended.
+
+    The encoder stays open across episodes so the file is one continuous stream (frame k of the file at
+    k / fps); each episode starts on a forced keyframe so a reader can seek straight to it.
+    """
+
+    def __init__(self, path: Path, codec: str, crf: int, fps: int, height: int, width: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._container = av.open(str(path), mode="w")
+        self._stream = self._container.add_stream(codec, rate=fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = _codec_options(codec, crf)
+        self.num_frames = 0
+        self.num_episodes = 0
+        self._packets = 0
+        self._packet_bytes = 0
+
+    def append(self, frames: np.ndarray) -> int:
+        """Encode an episode's (T, H, W, 3) RGB frames; returns the file frame number of its first frame."""
+        start = self.num_frames
+        for k, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = start + k
+            if k == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            self._mux(self._stream.encode(frame))
+        self.num_frames += len(frames)
+        self.num_episodes += 1
+        return start
+
+    def estimated_bytes(self, more_frames: int = 0) -> float:
+        """Bytes muxed so far plus frames still inside the encoder (its lookahead), plus `more_frames`.
+
+        Frames still in the encoder are counted at the average size of those already out; before the first
+        packet nothing is known and only muxed bytes count, so size limits are approximate, as in LeRobot.
+        """
+        if self._packets == 0:
+            return float(self._packet_bytes)
+        per_frame = self._packet_bytes / self._packets
+        return self._packet_bytes + per_frame * (self.num_frames - self._packets + more_frames)
+
+    def close(self) -> None:
+        self._mux(self._stream.encode(None))
+        self._container.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(av.FFmpegError, OSError):  # the file goes with the temporary directory
+            self._container.close()
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            self._packets += 1
+            self._packet_bytes += packet.size
+            self._container.mux(packet)
+
+
+@dataclass(frozen=True)
+class _VideoSettings:
+    codec: str
+    crf: int
+    fps: int
+    file_bytes: float
+    chunks_size: int
+
+
+class _CameraVideos:
+    """The mp4 files of one camera: fills one file with episodes, opens the next past the size limit."""
+
+    def __init__(self, root: Path, camera: str, size: tuple[int, int], settings: _VideoSettings) -> None:
+        self._root = root
+        self._key = _video_key(camera)
+        self._size = size
+        self._settings = settings
+        self._slot = _FileSlot()
+        self._file: _Mp4File | None = None
+
+    def add_episode(self, frames: np.ndarray) -> dict[str, Any]:
+        """Append an episode; returns its `videos/<key>/...` columns of the episodes table."""
+        s = self._settings
+        if self._file is not None and self._file.estimated_bytes(len(frames)) > s.file_bytes:
+            self._file.close()
+            self._file = None
+            self._slot.advance(s.chunks_size)
+        if self._file is None:
+            path = self._root / self._slot.path(VIDEO_PATH, video_key=self._key)
+            self._file = _Mp4File(path, s.codec, s.crf, s.fps, *self._size)
+        start = self._file.append(frames)
+        prefix = f"videos/{self._key}/"
+        return {
+            prefix + "chunk_index": self._slot.chunk_index,
+            prefix + "file_index": self._slot.file_index,
+            prefix + "from_timestamp": start / s.fps,
+            prefix + "to_timestamp": (start + len(frames)) / s.fps,
+        }
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
+
+
+class _DataFiles:
+    """The data parquet files: one row group per episode, a new file once the size limit would be passed.
+
+    Size is the Arrow (uncompressed) size of the rows, known before writing, unlike the compressed size.
+    """
+
+    def __init__(self, root: Path, schema: pa.Schema, limit_bytes: float, chunks_size: int) -> None:
+        self._root = root
+        self._schema = schema
+        self._limit = limit_bytes
+        self._chunks_size = chunks_size
+        self._slot = _FileSlot()
+        self._writer: pq.ParquetWriter | None = None
+        self._bytes = 0
+
+    def append(self, table: pa.Table) -> tuple[int, int]:
+        """Write an episode's rows; returns the (chunk_index, file_index) they went to."""
+        if self._writer is not None and self._bytes + table.nbytes > self._limit:
+            self.close()
+            self._slot.advance(self._chunks_size)
+        if self._writer is None:
+            path = self._root / self._slot.path(DATA_PATH)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(path, self._schema, compression="snappy")
+            self._bytes = 0
+        self._writer.write_table(table, row_group_size=max(1, len(table)))
+        self._bytes += table.nbytes
+        return self._slot.chunk_index, self._slot.file_index
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _list_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """(T, J) float32 -> fixed-size lists, the Arrow type of a HF `Sequence(length=J)` feature."""
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel(), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
+    """`meta/tasks.parquet` as LeRobot writes it with pandas: column task_index, index named `task`.
+
+    The pandas metadata makes `pd.read_parquet` restore the `task` index that LeRobot looks tasks up in.
+    """
+    table = pa.table({"task_index": pa.array(list(tasks.values()), pa.int64()), "task": list(tasks)})
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            },
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": "task",
+                "field_name": "task",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+    return table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
+
+
+def _write_json(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+class LeRobotWriter:
+    """Writes episodes as a LeRobot v3.0 dataset; use as a context manager.
+
+    Everything goes into a hidden temporary sibling of `root` that `close()` renames into place, so a crash or
+    an exception inside the `with` block never leaves a half-written dataset, and an existing dataset is only
+    replaced (with `overwrite=True`) once the new one is complete.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        fps: int,
+        cameras: Mapping[str, tuple[int, int]],
+        joint_names: Sequence[str] = JOINT_NAMES,
+        robot_type: str = "so101",
+        codec: str = "libx264",
+        crf: int = 18,
+        data_file_mb: float = 100,
+        video_file_mb: float = 200,
+        chunks_size: int = 1000,
+        overwrite: bool = False,
+        discrete_action_column: bool = True,
+    ) -> None:
+        """`cameras` maps camera name -> (height, width), both even (yuv420p halves chroma in each axis).
+
+        `discrete_action_column=False` leaves the `discrete_action` column out, as in datasets recorded
+        with plain LeRobot (readers then use sidecar logs or derive actions).
+        """
+        self.root = Path(root)
+        self.fps = int(fps)
+        self.cameras = {name: (int(h), int(w)) for name, (h, w) in cameras.items()}
+        self.joint_names = tuple(joint_names)
+        self.robot_type = robot_type
+        self.codec, self.crf = codec, crf
+        self.data_file_mb, self.video_file_mb, self.chunks_size = data_file_mb, video_file_mb, chunks_size
+        self.overwrite = overwrite
+        self.discrete_action_column = discrete_action_column
+        self._check_settings()
+        if _is_nonempty_dir(self.root) and not overwrite:
+            raise DatasetError(f"{self.root} exists and is not empty; pass overwrite=True to replace it")
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root} exists and is not a directory")
+
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root.parent / f".{self.root.name}.writing-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        settings = _VideoSettings(codec, crf, self.fps, video_file_mb * _MB, chunks_size)
+        self._videos = {
+            cam: _CameraVideos(self._tmp, cam, size, settings) for cam, size in self.cameras.items()
+        }
+        self._schema = self._data_schema()
+        self._data = _DataFiles(self._tmp, self._schema, data_file_mb * _MB, chunks_size)
+        self._episodes: list[dict[str, Any]] = []
+        self._episode_stats: list[dict[str, Stats]] = []
+        self._tasks: dict[str, int] = {}
+        self._total_frames = 0
+        self._open = True
+
+    # -- context manager --------------------------------------------------------------------------------
+
+    def __enter__(self) -> LeRobotWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._open:
+            self.close()
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    def add_episode(self, episode: Episode) -> int:
+        """Append one episode (frames encoded into each camera's current mp4, rows into the current parquet).
+
+        Returns the episode index. Everything is checked before anything is written, so a rejected episode
+        leaves the dataset as it was.
+        """
+        if not self._open:
+            raise RuntimeError("LeRobotWriter is closed")
+        self._check_episode(episode)
+        index = len(self._episodes)
+        task_index = self._tasks.setdefault(episode.task, len(self._tasks))
+        columns = self._episode_columns(episode, index, task_index)
+        stats = {key: _vector_stats(np.asarray(values)) for key, values in columns.items()}
+
+        row: dict[str, Any] = {"episode_index": index, "tasks": [episode.task], "length": episode.length}
+        chunk_index, file_index = self._data.append(self._data_table(columns))
+        row.update(
+            {
+                "data/chunk_index": chunk_index,
+                "data/file_index": file_index,
+                "dataset_from_index": self._total_frames,
+                "dataset_to_index": self._total_frames + episode.length,
+            }
+        )
+        for cam, videos in self._videos.items():
+            row.update(videos.add_episode(episode.frames[cam]))
+            stats[_video_key(cam)] = _image_stats(episode.frames[cam])
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        row.update(
+            {f"stats/{key}/{name}": value.tolist() for key, s in stats.items() for name, value in s.items()}
+        )
+
+        self._episodes.append(row)
+        self._episode_stats.append(stats)
+        self._total_frames += episode.length
+        return index
+
+    def close(self) -> Path:
+        """Finish the files, write the metadata, and move the dataset into `root`; returns `root`."""
+        if not self._open:
+            return self.root
+        try:
+            if not self._episodes:
+                raise ValueError(f"no episodes were added to {self.root}")
+            for videos in self._videos.values():
+                videos.close()
+            self._data.close()
+            self._write_metadata()
+            self._move_into_place()
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        return self.root
+
+    def abort(self) -> None:
+        """Drop everything written so far; `root` is left exactly as it was."""
+        for videos in self._videos.values():
+            videos.abort()
+        with contextlib.suppress(OSError, pa.ArrowException):  # deleted with the temporary directory below
+            self._data.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._open = False
+
+    # -- checks -----------------------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        for name, (h, w) in self.cameras.items():
+            if h <= 0 or w <= 0 or h % 2 or w % 2:
+                raise ValueError(f"camera {name!r}: frame size {h}x{w} must be positive and even (yuv420p)")
+        if min(self.data_file_mb, self.video_file_mb) <= 0 or self.chunks_size <= 0:
+            raise ValueError("data_file_mb, video_file_mb and chunks_size must be positive")
+        try:
+            av.codec.Codec(self.codec, "w")
+        except (av.FFmpegError, ValueError) as exc:
+            raise ValueError(f"video encoder {self.codec!r} is not available in PyAV's ffmpeg") from exc
+
+    def _check_episode(self, episode: Episode) -> None:
+        if episode.fps != self.fps:
+            raise ValueError(f"episode fps {episode.fps} != dataset fps {self.fps}")
+        if tuple(episode.joint_names) != self.joint_names:
+            raise ValueError(f"episode joints {episode.joint_names} != dataset joints {self.joint_names}")
+        if set(episode.frames) != set(self.cameras):
+            raise ValueError(
+                f"episode cameras {sorted(episode.frames)} != dataset cameras {sorted(self.cameras)}"
+            )
+        for cam, (h, w) in self.cameras.items():
+            if episode.frames[cam].shape[1:3] != (h, w):
+                raise ValueError(
+                    f"camera {cam!r}: frames are {episode.frames[cam].shape[1:3]}, expected {(h, w)}"
+                )
+        if episode.length == 0:
+            raise ValueError("episode has no frames")
+        valid = (episode.discrete_action >= vocab.BUFFER) & (episode.discrete_action < vocab.NUM_ACTIONS)
+        if not valid.all():
+            raise ValueError(f"discrete_action values must be in [{vocab.BUFFER}, {vocab.NUM_ACTIONS - 1}]")
+
+    # -- rows -------------------------------------------------------------------------------------------
+
+    def _data_schema(self) -> pa.Schema:
+        vector = pa.list_(pa.float32(), len(self.joint_names))
+        fields = [(ACTION_KEY, vector), (STATE_KEY, vector), ("timestamp", pa.float32())]
+        fields += [(name, pa.int64()) for name in _SCALAR_COLUMNS[1:]]
+        if self.discrete_action_column:
+            fields.append((DISCRETE_KEY, pa.int64()))
+        return pa.schema(fields)
+
+    def _episode_columns(self, episode: Episode, index: int, task_index: int) -> dict[str, np.ndarray]:
+        n = episode.length
+        frame_index = np.arange(n, dtype=np.int64)
+        columns = {
+            ACTION_KEY: episode.action,
+            STATE_KEY: episode.state,
+            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "frame_index": frame_index,
+            "episode_index": np.full(n, index, dtype=np.int64),
+            "index": frame_index + self._total_frames,
+            "task_index": np.full(n, task_index, dtype=np.int64),
+        }
+        if self.discrete_action_column:
+            columns[DISCRETE_KEY] = episode.discrete_action
+        return columns
+
+    def _data_table(self, columns: Mapping[str, np.ndarray]) -> pa.Table:
+        arrays = [
+            _list_array(columns[f.name])
+            if pa.types.is_fixed_size_list(f.type)
+            else pa.array(columns[f.name], f.type)
+            for f in self._schema
+        ]
+        return pa.Table.from_arrays(arrays, schema=self._schema)
+
+    # -- metadata ---------------------------------------------------------------------------------------
+
+    def _features(self) -> dict[str, dict[str, Any]]:
+        names = [name + JOINT_SUFFIX for name in self.joint_names]
+        vector = {"dtype": "float32", "shape": [len(names)], "names": names}
+        features: dict[str, dict[str, Any]] = {ACTION_KEY: dict(vector), STATE_KEY: dict(vector)}
+        codec_name = av.codec.Codec(self.codec, "w").canonical_name
+        for cam, (h, w) in self.cameras.items():
+            features[_video_key(cam)] = {
+                "dtype": "video",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": codec_name,
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": self.fps,
+                    "video.channels": 3,
+                    "has_audio": False,
+                },
+            }
+        features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+        for name in _SCALAR_COLUMNS[1:]:
+            features[name] = {"dtype": "int64", "shape": [1], "names": None}
+        if self.discrete_action_column:
+            features[DISCRETE_KEY] = {"dtype": "int64", "shape": [1], "names": None}
+        return features
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": len(self._episodes),
+            "total_frames": self._total_frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": self.data_file_mb,
+            "video_files_size_in_mb": self.video_file_mb,
+            "fps": self.fps,
+            "splits": {"train": f"0:{len(self._episodes)}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.cameras else None,
+            "features": self._features(),
+        }
+
+    def _write_metadata(self) -> None:
+        episodes_path = self._tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(self._episodes), episodes_path)
+        pq.write_table(_tasks_table(self._tasks), self._tmp / TASKS_PATH)
+        keys = self._episode_stats[0].keys()
+        stats = {key: _aggregate_stats([s[key] for s in self._episode_stats]) for key in keys}
+        _write_json(
+            {key: {k: v.tolist() for k, v in s.items()} for key, s in stats.items()}, self._tmp / STATS_PATH
+        )
+        _write_json(self._info(), self._tmp / INFO_PATH)
+
+    def _move_into_place(self) -> None:
+        """Rename the finished temporary directory to `root`; an old dataset is moved aside first."""
+        old = None
+        if _is_nonempty_dir(self.root):
+            if not self.overwrite:
+                raise DatasetError(f"{self.root} appeared while writing and is not empty; not replacing it")
+            old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.root, old)
+        try:
+            os.replace(self._tmp, self.root)
+        except OSError:
+            if old is not None:
+                os.rename(old, self.root)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+_SEEK_AHEAD_S = 2.0
+
+# AVFrame colorspace / color_range codes that mean BT.601 limited range (or unspecified, which decoders
+# and our writer treat as BT.601 limited for small SD frames).
+_BT601_COLORSPACES = {2, 5, 6}
+_LIMITED_RANGES = {0, 1}
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB.
+
+    For the common yuv420p BT.601 case OpenCV converts about 20x faster than PyAV's per-frame swscale
+    context at small frame sizes, and without swscale's slight darkening bias; anything else (full range,
+    BT.709, 10-bit) goes through PyAV, which honours the frame's color metadata.
+    """
+    if (
+        frame.format.name == "yuv420p"
+        and frame.colorspace in _BT601_COLORSPACES
+        and frame.color_range in _LIMITED_RANGES
+        and frame.width % 2 == 0
+        and frame.height % 2 == 0
+    ):
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return frame.to_ndarray(format="rgb24")
+
+
+"""Skip ahead by seeking only past this gap; shorter gaps are cheaper to decode through."""
+
+
+def _load_info(root: Path) -> dict[str, Any]:
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a directory")
+    path = root / INFO_PATH
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: not a LeRobot dataset")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    version = info.get("codebase_version")
+    if version != CODEBASE_VERSION:
+        raise DatasetError(
+            f"{path}: codebase_version is {version!r}, but LeRobot dataset {CODEBASE_VERSION} is required "
+            f"(convert it with LeRobot's convert_dataset_v21_to_v30 script)"
+        )
+    features = info.get("features")
+    if not isinstance(features, dict):
+        raise DatasetError(f"{path}: field 'features' is missing")
+    for key in ("fps", "data_path"):
+        if key not in info:
+            raise DatasetError(f"{path}: field {key!r} is missing")
+    for key in _REQUIRED_FEATURES:
+        if key not in features:
+            raise DatasetError(f"{path}: required feature {key!r} is missing from 'features'")
+    return info
+
+
+def _parquet_schema_names(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: unreadable parquet file ({_one_line(exc)})") from None
+
+
+def _read_parquet(path: Path, columns: Sequence[str], required: Sequence[str]) -> pa.Table:
+    """The `columns` the file has; a missing `required` column or a corrupt file is a DatasetError."""
+    names = _parquet_schema_names(path)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DatasetError(f"{path}: column {missing[0]!r} is missing")
+    try:
+        return pq.read_table(path, columns=[c for c in columns if c in names])
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: unreadable parquet file ({_one_line(exc)})") from None
+
+
+def _video_columns(camera: str) -> list[str]:
+    prefix = f"videos/{_video_key(camera)}/"
+    return [prefix + name for name in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+
+
+def _load_episode_rows(root: Path, cameras: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """Episode index -> its row of `meta/episodes` (stats columns left out: they are large and unused)."""
+    paths = sorted((root / EPISODES_DIR).glob("*/*.parquet"))
+    if not paths:
+        raise DatasetError(
+            f"{root / EPISODES_DIR}: no episodes parquet files (meta/episodes/chunk-*/file-*.parquet)"
+        )
+    required = ["episode_index", "data/chunk_index", "data/file_index"]
+    required += [c for cam in cameras for c in _video_columns(cam)]
+    optional = ["tasks", "length", "dataset_from_index", "dataset_to_index"]
+    rows: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        for row in _read_parquet(path, required + optional, required).to_pylist():
+            if row.get("length") is None:
+                if row.get("dataset_to_index") is None or row.get("dataset_from_index") is None:
+                    raise DatasetError(f"{path}: column 'length' is missing")
+                row["length"] = row["dataset_to_index"] - row["dataset_from_index"]
+            rows[int(row["episode_index"])] = row
+    return dict(sorted(rows.items()))
+
+
+def _joint_names(feature: Mapping[str, Any]) -> tuple[str, ...]:
+    """Joint names from the state feature's names, without LeRobot's `.pos` suffix."""
+    names = feature.get("names")
+    if isinstance(names, dict):  # older ports: {"motors": [...]}
+        names = next(iter(names.values()), None)
+    if not names:
+        return tuple(f"joint_{i}" for i in range(int(feature["shape"][0])))
+    return tuple(name.removesuffix(JOINT_SUFFIX) for name in names)
+
+
+def _matrix(table: pa.Table, key: str, path: Path) -> np.ndarray:
+    """A list-of-floats column (fixed or variable size lists) as a (T, J) float32 array."""
+    column = table.column(key).combine_chunks()
+    if not (
+        pa.types.is_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+        or pa.types.is_large_list(column.type)
+    ):
+        raise DatasetError(f"{path}: column {key!r} is {column.type}, expected lists of floats")
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if len(table) and len(values) % len(table):
+        raise DatasetError(f"{path}: column {key!r} has lists of different lengths or nulls")
+    return values.astype(np.float32, copy=False).reshape(len(table), -1)
+
+
+def _sidecar_paths(root: Path) -> dict[int, Path]:
+    """Episode index -> `meta/discrete_action_logs/episode_<index>.jsonl`, whatever the zero padding."""
+    paths = {}
+    for path in sorted((root / SIDECAR_DIR).glob("episode_*.jsonl")):
+        suffix = path.stem.removeprefix("episode_")
+        if suffix.isdigit():
+            paths[int(suffix)] = path
+    return paths
+
+
+def _read_sidecar(path: Path, length: int) -> np.ndarray:
+    """Per-frame action ids from a sidecar log in the published coding, dense or sparse.
+
+    Lines without `frame_index` (the header) are skipped. The action at frame f is the last one logged at a
+    frame <= f; frames before the first logged line are buffer frames.
+    """
+    logged_frames, codes = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable ({_one_line(exc)})") from None
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{line_number}: not valid JSON ({_one_line(exc)})") from None
+        if not isinstance(entry, dict) or "frame_index" not in entry:
+            continue
+        if "discrete_action" not in entry:
+            raise DatasetError(f"{path}:{line_number}: field 'discrete_action' is missing")
+        logged_frames.append(int(entry["frame_index"]))
+        codes.append(int(entry["discrete_action"]))
+    if not codes:
+        return np.full(length, vocab.BUFFER, dtype=np.int64)
+    try:
+        actions = vocab.from_published_codes(np.array(codes, dtype=np.int64))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    order = np.argsort(logged_frames, kind="stable")
+    last = np.searchsorted(np.asarray(logged_frames)[order], np.arange(length), side="right") - 1
+    return np.where(last >= 0, actions[order][np.maximum(last, 0)], vocab.BUFFER).astype(np.int64)
+
+
+class _VideoCursor:
+    """Where decoding stands in one camera's mp4 files.
+
+    Reading episodes in file order decodes each file once, front to back: frames past the requested episode
+    are kept for the next one, and only a jump backwards or far ahead seeks (to the keyframe before it).
+    Frame k of an episode is the frame shown at from_timestamp + k / fps (half a frame of tolerance).
+    """
+
+    def __init__(self, fps: int) -> None:
+        self._fps = fps
+        self._path: Path | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._decoder: Iterator[av.VideoFrame] | None = None
+        self._pending: av.VideoFrame | None = None
+        self._position = 0.0
+
+    def read(self, path: Path, from_timestamp: float, length: int) -> np.ndarray:
+        """The episode's (length, H, W, 3) uint8 RGB frames."""
+        if path != self._path:
+            self._open(path)
+        half = 0.5 / self._fps
+        if from_timestamp < self._position - half or from_timestamp > self._position + _SEEK_AHEAD_S:
+            self._seek(from_timestamp)
+        end = from_timestamp + (length - 0.5) / self._fps
+        out: np.ndarray | None = None
+        filled = np.zeros(length, dtype=bool)
+        for frame in self._frames():
+            t = frame.time
+            if t is None:
+                raise DatasetError(f"{path}: a video frame has no timestamp")
+            if t < from_timestamp - half:
+                continue
+            if t >= end:
+                self._pending = frame
+                break
+            rgb = _to_rgb(frame)
+            if out is None:
+                out = np.empty((length, *rgb.shape), dtype=np.uint8)
+            k = round((t - from_timestamp) * self._fps)
+            out[k], filled[k] = rgb, True
+        self._position = from_timestamp + length / self._fps
+        if out is None or not filled.all():
+            raise DatasetError(
+                f"{path}: video has {int(filled.sum())} frames between {from_timestamp:.3f}s and "
+                f"{from_timestamp + length / self._fps:.3f}s, but the episodes table says {length}"
+            )
+        return out
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._stream = self._decoder = self._pending = self._path = None
+        self._position = 0.0
+
+    def _open(self, path: Path) -> None:
+        self.close()
+        if not path.is_file():
+            raise DatasetError(f"{path}: video file is missing")
+        try:
+            self._container = av.open(str(path))
+            if not self._container.streams.video:
+                raise DatasetError(f"{path}: file has no video stream")
+        except av.FFmpegError as exc:
+            self.close()
+            raise DatasetError(f"{path}: cannot decode video ({_one_line(exc)})") from None
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._decoder = self._container.decode(self._stream)
+        self._path = path
+
+    def _seek(self, timestamp: float) -> None:
+        try:
+            self._container.seek(
+                round(timestamp / self._stream.time_base), stream=self._stream, backward=True
+            )
+        except av.FFmpegError as exc:
+            raise DatasetError(f"{self._path}: cannot seek to {timestamp:.3f}s ({_one_line(exc)})") from None
+        self._decoder = self._container.decode(self._stream)
+        self._pending = None
+
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            yield frame
+        while True:
+            try:
+                frame = next(self._decoder)
+            except StopIteration:
+                return
+            except av.FFmpegError as exc:
+                raise DatasetError(f"{self._path}: cannot decode video ({_one_line(exc)})") from None
+            yield frame
+
+
+class LeRobotReader:
+    """Reads a LeRobot v3.0 dataset, ours or one recorded with LeRobot, into `Episode`s.
+
+    Metadata is loaded and checked up front; parquet rows on demand (one data file cached, since episodes
+    are read in order), video frames only by `read_episode` / `iter_episodes`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.info = _load_info(self.root)
+        features: dict[str, dict[str, Any]] = self.info["features"]
+        self.fps = int(self.info["fps"])
+        self.joint_names = _joint_names(features[STATE_KEY])
+        self.cameras = tuple(
+            key.removeprefix(IMAGE_PREFIX)
+            for key, ft in features.items()
+            if key.startswith(IMAGE_PREFIX) and ft.get("dtype") == "video"
+        )
+        self._rows = _load_episode_rows(self.root, self.cameras)
+        self.num_episodes = len(self._rows)
+        self.episode_lengths = np.array([row["length"] for row in self._rows.values()], dtype=np.int64)
+        self.total_frames = int(self.episode_lengths.sum())
+        self._sidecars = _sidecar_paths(self.root)
+        self.action_source = (
+            "column" if DISCRETE_KEY in features else "sidecar" if self._sidecars else "derived"
+        )
+        """Where discrete actions come from: "column", "sidecar" (published codes) or "derived"."""
+        self._cached_data: tuple[Path, pa.Table, np.ndarray] | None = None
+
+    @property
+    def episode_indices(self) -> list[int]:
+        return list(self._rows)
+
+    def read_tabular(self, episode_index: int) -> Episode:
+        """An episode without frames (`frames == {}`): parquet only, fast enough to scan a whole dataset."""
+        return self._episode(self._check_index(episode_index), frames={})
+
+    def read_episode(self, episode_index: int, cameras: Sequence[str] | None = None) -> Episode:
+        """An episode with the frames of `cameras` (default: all)."""
+        return next(iter(self.iter_episodes([episode_index], cameras)))[1]
+
+    def iter_episodes(
+        self, episode_indices: Sequence[int] | None = None, cameras: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Episode]]:
+        """(index, episode) for the given episodes (default: all), in file order (ascending index).
+
+        Each mp4 is decoded once, front to back, and only one episode's frames are held at a time.
+        """
+        indices = self.episode_indices if episode_indices is None else episode_indices
+        chosen = sorted({self._check_index(i) for i in indices})
+        return self._iter(chosen, self._check_cameras(cameras))
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _iter(self, indices: Sequence[int], cameras: Sequence[str]) -> Iterator[tuple[int, Episode]]:
+        cursors = {cam: _VideoCursor(self.fps) for cam in cameras}
+        try:
+            for index in indices:
+                row = self._rows[index]
+                frames = {}
+                for cam in cameras:
+                    path, from_timestamp = self._video_location(row, cam)
+                    frames[cam] = cursors[cam].read(path, from_timestamp, row["length"])
+                yield index, self._episode(index, frames)
+        finally:
+            for cursor in cursors.values():
+                cursor.close()
+
+    def _check_index(self, episode_index: int) -> int:
+        index = int(episode_index)
+        if index not in self._rows:
+            known = self.episode_indices
+            span = f"{known[0]}..{known[-1]}" if known else "none"
+            raise DatasetError(f"episode {index} is out of range for {self.root}: episodes are {span}")
+        return index
+
+    def _check_cameras(self, cameras: Sequence[str] | None) -> tuple[str, ...]:
+        if cameras is None:
+            return self.cameras
+        if isinstance(cameras, str):
+            cameras = [cameras]
+        for cam in cameras:
+            if cam not in self.cameras:
+                available = ", ".join(self.cameras) or "none"
+                raise DatasetError(f"camera {cam!r} is not in {self.root}; available cameras: {available}")
+        return tuple(cameras)
+
+    def _video_location(self, row: Mapping[str, Any], camera: str) -> tuple[Path, float]:
+        chunk, file, from_timestamp, _ = (row[c] for c in _video_columns(camera))
+        template = self.info.get("video_path") or VIDEO_PATH
+        relative = template.format(video_key=_video_key(camera), chunk_index=chunk, file_index=file)
+        return self.root / relative, float(from_timestamp)
+
+    def _data_rows(self, index: int) -> tuple[Path, pa.Table]:
+        """The episode's rows, sorted by frame_index, and the data file they came from."""
+        row = self._rows[index]
+        path = self.root / self.info["data_path"].format(
+            chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+        )
+        if self._cached_data is None or self._cached_data[0] != path:
+            self._cached_data = (path, *self._load_data_file(path))
+        _, table, episode_column = self._cached_data
+        lo, hi = np.searchsorted(episode_column, [index, index + 1])
+        rows = table.slice(lo, hi - lo)
+        if len(rows) != row["length"]:
+            raise DatasetError(
+                f"{path}: episode {index} has {len(rows)} rows, but the episodes table says {row['length']}"
+            )
+        frame_index = rows.column("frame_index").to_numpy()
+        if np.any(np.diff(frame_index) < 0):
+            rows = rows.take(np.argsort(frame_index, kind="stable"))
+        return path, rows
+
+    def _load_data_file(self, path: Path) -> tuple[pa.Table, np.ndarray]:
+        """A data file's rows sorted by episode_index (stable), so an episode is one slice of it."""
+        wanted = [*_REQUIRED_FEATURES, DISCRETE_KEY]
+        required = (
+            [*_REQUIRED_FEATURES, DISCRETE_KEY] if self.action_source == "column" else _REQUIRED_FEATURES
+        )
+        table = _read_parquet(path, wanted, required)
+        episode_column = table.column("episode_index").to_numpy()
+        if np.any(np.diff(episode_column) < 0):
+            order = np.argsort(episode_column, kind="stable")
+            table, episode_column = table.take(order), episode_column[order]
+        return table, episode_column
+
+    def _episode(self, index: int, frames: dict[str, np.ndarray]) -> Episode:
+        path, rows = self._data_rows(index)
+        state, action = _matrix(rows, STATE_KEY, path), _matrix(rows, ACTION_KEY, path)
+        for name, matrix in ((STATE_KEY, state), (ACTION_KEY, action)):
+            if matrix.shape[1] != len(self.joint_names):
+                raise DatasetError(
+                    f"{path}: column {name!r} has {matrix.shape[1]} values per row, "
+                    f"info.json names {len(self.joint_names)} joints"
+                )
+        tasks = self._rows[index].get("tasks") or [""]
+        return Episode(
+            frames=frames,
+            state=state,
+            action=action,
+            discrete_action=self._discrete_actions(index, rows, state, action),
+            fps=self.fps,
+            task=tasks[0],
+            joint_names=self.joint_names,
+            meta={"episode_index": index, "timestamp": rows.column("timestamp").to_numpy()},
+        )
+
+    def _discrete_actions(
+        self, index: int, rows: pa.Table, state: np.ndarray, action: np.ndarray
+    ) -> np.ndarray:
+        if self.action_source == "column":
+            return rows.column(DISCRETE_KEY).to_numpy().astype(np.int64)
+        if self.action_source == "sidecar":
+            if index not in self._sidecars:
+                raise DatasetError(
+                    f"{self.root / SIDECAR_DIR}: no episode_{index:06d}.jsonl for episode {index}"
+                )
+            return _read_sidecar(self._sidecars[index], len(rows))
+        if vocab.ACTION_JOINT not in self.joint_names:
+            raise DatasetError(
+                f"{self.root / INFO_PATH}: cannot derive discrete actions, no joint {vocab.ACTION_JOINT!r} "
+                f"in {STATE_KEY} names"
+            )
+        joint = self.joint_names.index(vocab.ACTION_JOINT)
+        frames_per_action = max(1, round(ACTION_DURATION_S * self.fps))
+        return vocab.derive_from_commands(
+            action[:, joint], frames_per_action, deadband=DERIVE_DEADBAND, measured=state[:, joint]
+        )
