@@ -21,7 +21,15 @@ from rich.progress import (
 from rich.table import Table
 
 from models.canvas import CanvasConfig
-from models.data import SPLITS, SplitConfig, build_cache, episode_samples, load_split, split_episodes
+from models.data import (
+    SPLITS,
+    SplitConfig,
+    build_cache,
+    cache_dir,
+    episode_samples,
+    load_split,
+    split_episodes,
+)
 from models.lerobot import LeRobotReader
 from models.vocab import ACTION_NAMES, BUFFER
 
@@ -104,7 +112,10 @@ def build(
 
 
 def _ensure_cache(dataset: Path, config: CanvasConfig, split: SplitConfig, force: bool = False) -> Path:
+    """The cache directory; a progress bar only when there is something to build."""
     reader = LeRobotReader(dataset)
+    if not force and (cache_dir(dataset, config, split) / "index.json").exists():
+        return build_cache(dataset, config, split)  # verifies checksums, builds nothing
     with _progress("building canvases", reader.num_episodes) as progress:
         return build_cache(dataset, config, split, progress=progress, force=force)
 
@@ -135,7 +146,7 @@ def show(
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(len(data), size=min(count, len(data)), replace=False))
     titles = [
-        f"ep {data.episode[i]} · frame {data.frames[i, -1]} · "
+        f"ep {data.episode[i]} · frames {' → '.join(map(str, data.frames[i]))}\n"
         + " → ".join(ACTION_NAMES[a] for a in data.actions[i])
         for i in picks
     ]
