@@ -55,7 +55,7 @@ def run(episodes: int = 40, actions_per_episode: int = 30, workers: int = 2) -> 
         reader = LeRobotReader(root)
         decoded = sum(len(ep.discrete_action) for _, ep in reader.iter_episodes())
         rows.append(
-            Row("decode all episodes (2 cameras)", decoded / (time.perf_counter() - start), "frames/s")
+            Row("decode all episodes, both cameras", decoded / (time.perf_counter() - start), "steps/s")
         )
 
         start = time.perf_counter()
