@@ -22,6 +22,23 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
+    """Train a world model for a fixed budget: same options as `python -m models.train` (see --help)."""
+    from models.train import main as train_main
+
+    train_main(ctx.args or ["--help"])
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate(ctx: typer.Context) -> None:
+    """Judge a run on val or test: same options as `python -m models.evaluate` (see --help)."""
+    from models.evaluate import main as evaluate_main
+
+    evaluate_main(ctx.args or ["--help"])
+
+
 err_console = Console(stderr=True)
 
 

@@ -58,6 +58,14 @@ def _progress(description: str, total: int) -> Iterator:
         yield lambda done, n: progress.update(task, completed=done, total=n)
 
 
+ExperimentFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="Take the canvas and split from this experiment TOML instead of the flags."
+    ),
+]
+
+
 def _canvas_config(cameras: str, frame_size: int, history: int) -> CanvasConfig:
     return CanvasConfig(
         cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()),
@@ -98,12 +106,20 @@ def build(
     frame_size: FrameSize = 64,
     history: History = 1,
     split_seed: SplitSeed = 0,
+    experiment: ExperimentFile = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a valid cache exists.")] = False,
 ) -> None:
     """Build the canvas cache of a dataset (each split's canvases in one checksummed file)."""
-    config = _canvas_config(cameras, frame_size, history)
-    directory = _ensure_cache(dataset, config, SplitConfig(seed=split_seed), force)
-    counts = {name: len(load_split(dataset, config, name, SplitConfig(seed=split_seed))) for name in SPLITS}
+    if experiment is not None:
+        from models.config import load_config
+        from models.train import split_config
+
+        loaded = load_config(experiment)
+        config, split = loaded.canvas, split_config(loaded)
+    else:
+        config, split = _canvas_config(cameras, frame_size, history), SplitConfig(seed=split_seed)
+    directory = _ensure_cache(dataset, config, split, force)
+    counts = {name: len(load_split(dataset, config, name, split)) for name in SPLITS}
     console.print(
         f"canvas cache [bold]{directory}[/bold]: "
         + ", ".join(f"{name} {n}" for name, n in counts.items())

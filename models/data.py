@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.canvas import CanvasConfig, build_many
 from models.episode import Episode
-from models.errors import DatasetError
+from models.errors import DatasetError, MissingCacheError
 from models.lerobot import LeRobotReader
 from models.vocab import BUFFER
 
@@ -293,8 +293,9 @@ def load_split(
         LeRobotReader(root)  # raises the reader's precise error
     directory = cache_dir(root, config, split, cache_root)
     if not (directory / "index.json").exists():
-        raise DatasetError(
-            f"no canvas cache for {root} with this canvas config; build it with `harness data build {root}`"
+        raise MissingCacheError(
+            f"no canvas cache for {root} with this canvas config; build it with `harness data build {root}` "
+            "and the same canvas options (or `--config <experiment.toml>`)"
         )
     meta_file = directory / f"{name}.meta.npz"
     try:

@@ -14,6 +14,10 @@ class DatasetError(WorldloopError):
     """A dataset on disk is missing, corrupt, of another version, or lacks what was asked for."""
 
 
+class MissingCacheError(DatasetError):
+    """No canvas cache exists for a dataset and canvas config; the message says how to build one."""
+
+
 class ConfigError(WorldloopError):
     """A config file or value is invalid."""
 

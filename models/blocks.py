@@ -1,0 +1,183 @@
+"""Transformer pieces both world models share: patches, positions, attention blocks, conditioning.
+
+Kept small and plain (nanoGPT style) so a researcher or an agent can read and change them at night.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KV = tuple[Tensor, Tensor]
+"""Keys and values of one attention layer, each (B, heads, L, head_dim)."""
+
+
+def patchify(images: Tensor, patch: int) -> Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p), patches in raster order (row by row)."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(patches: Tensor, patch: int, rows: int, cols: int, channels: int = 3) -> Tensor:
+    """(B, rows*cols, C*p*p) -> (B, C, rows*p, cols*p); the inverse of `patchify`."""
+    b = patches.shape[0]
+    x = patches.reshape(b, rows, cols, channels, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, channels, rows * patch, cols * patch)
+
+
+def sincos_2d(rows: int, cols: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding, (rows*cols, dim), raster order.
+
+    Fixed rather than learned: with a few thousand steps of training there is no time to learn positions,
+    and the same table serves any canvas size.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    y, x = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
+    out_y = y.reshape(-1, 1) * omega
+    out_x = x.reshape(-1, 1) * omega
+    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1).float()
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (B,) noise levels in [0, 1] (scaled to 0..1000 like DDPM steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with SDPA; can attend to a prefix of cached keys and values."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, prefix: KV | None = None, causal: bool = False) -> tuple[Tensor, KV]:
+        """Returns the output and this call's own (k, v), so a caller can cache them.
+
+        With a prefix, queries see every prefix position plus (causally, if asked) their own sequence.
+        """
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        own = (k, v)
+        mask = None
+        if prefix is not None:
+            k = torch.cat([prefix[0].expand(b, -1, -1, -1), k], dim=2)
+            v = torch.cat([prefix[1].expand(b, -1, -1, -1), v], dim=2)
+            if causal and n > 1:
+                p = prefix[0].shape[2]
+                mask = torch.ones(n, p + n, dtype=torch.bool, device=x.device).tril(diagonal=p)
+                causal = False
+        drop = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and n > 1
+        )
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), own
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(width * ratio)
+        self.fc = nn.Linear(width, hidden)
+        self.out = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.out(F.gelu(self.fc(x), approximate="tanh")))
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with `adaptive`, adaLN-Zero conditioning on a vector per sample.
+
+    adaLN-Zero: the conditioning vector sets each norm's shift and scale and gates each residual branch;
+    the gates start at zero so every block starts as the identity, which keeps early training stable.
+    """
+
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, dropout: float = 0.0, adaptive: bool = False
+    ):
+        super().__init__()
+        self.adaptive = adaptive
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.attn = Attention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio, dropout)
+        if adaptive:
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def zero_init(self) -> None:
+        if self.adaptive:
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
+
+    def forward(
+        self, x: Tensor, cond: Tensor | None = None, prefix: KV | None = None, causal: bool = False
+    ) -> tuple[Tensor, KV]:
+        """x: (B, L, d); cond: (B, d) or (1, d) when adaptive. Returns the output and this layer's (k, v)."""
+        if not self.adaptive:
+            h, kv = self.attn(self.norm1(x), prefix, causal)
+            x = x + h
+            return x + self.mlp(self.norm2(x)), kv
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix, causal)
+        x = x + gate1 * h
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, kv
+
+
+class FinalLayer(nn.Module):
+    """Norm (adaptive or not) and a linear map from tokens back to pixel patches, zero-initialized."""
+
+    def __init__(self, width: int, out_dim: int, adaptive: bool = False) -> None:
+        super().__init__()
+        self.adaptive = adaptive
+        self.norm = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        if adaptive:
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        if self.adaptive:
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if not self.adaptive:
+            return self.linear(self.norm(x))
+        shift, scale = self.ada(cond)[:, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def initialize(model: nn.Module) -> None:
+    """Xavier-uniform linears with zero bias (the DiT / ViT default), then zero the layers that must start
+    at zero (adaLN-Zero gates, output projections) so the untrained model predicts a flat gray target."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for module in model.modules():
+        if hasattr(module, "zero_init"):
+            module.zero_init()

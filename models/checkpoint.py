@@ -1,0 +1,79 @@
+"""Build a world model from its config, and save / load a run directory.
+
+A run directory holds `config.json` (the whole ExperimentConfig: model, canvas, data, train),
+`model.safetensors` (the trained weights) and, when EMA is on, `ema.safetensors` (what evaluation uses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from models.config import ExperimentConfig
+from models.errors import ConfigError, WorldloopError, describe_validation_error
+from models.world_model import WorldModel
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+
+
+def build_model(config: ExperimentConfig) -> WorldModel:
+    """A fresh model of the configured kind."""
+    kind = config.model.kind
+    if kind == "dit":
+        from models.dit import DiT
+
+        return DiT(config.model, config.canvas)
+    if kind == "gpt":
+        from models.gpt import GPT
+
+        return GPT(config.model, config.canvas)
+    raise ConfigError(f"unknown model kind {kind!r}")
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Atomic safetensors write: a reader never sees half a checkpoint."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: Path) -> ExperimentConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise WorldloopError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    try:
+        return ExperimentConfig.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_validation_error(err)}") from None
+
+
+def load_run(
+    run_dir: Path, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[WorldModel, ExperimentConfig]:
+    """The model of a run directory in eval mode; the EMA weights when present and asked for."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    weights = run_dir / (EMA_FILE if ema and (run_dir / EMA_FILE).exists() else WEIGHTS_FILE)
+    if not weights.exists():
+        raise WorldloopError(f"{run_dir}: no weights ({WEIGHTS_FILE}); did training finish?")
+    model = build_model(config)
+    try:
+        model.load_state_dict(load_file(str(weights), device=str(device)))
+    except (RuntimeError, OSError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise WorldloopError(f"{weights}: weights do not fit the model in {CONFIG_FILE} ({first})") from None
+    return model.to(device).eval(), config

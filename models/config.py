@@ -1,0 +1,120 @@
+"""Experiment configs: one TOML file says which model, which canvas, which data and how to train.
+
+Every section is a pydantic model with `extra="forbid"`, so a typo is an error that names the field, and the
+whole config is saved next to every checkpoint (`config.json`) so a run can be reloaded exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.canvas import CanvasConfig
+from models.errors import ConfigError, describe_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransformerConfig(_Strict):
+    """What both world models share: a patch transformer over the canvas."""
+
+    patch: int = Field(8, ge=1, le=64, description="Patch side in pixels; must divide every canvas size.")
+    width: int = Field(128, ge=8, description="Token width d.")
+    depth: int = Field(4, ge=1, le=48)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    residual: bool = Field(
+        True,
+        description="Predict the target as the last context step plus a change: most pixels do not move, so "
+        "the untrained model starts at the copy-last-frame baseline and learns only what the action changes.",
+    )
+
+
+class DiTConfig(TransformerConfig):
+    """Pixel-space diffusion transformer: the target step is noised, the context is clean."""
+
+    kind: Literal["dit"] = "dit"
+    prediction: Literal["x0", "flow"] = Field(
+        "x0", description="What the network outputs: the clean target (x0) or the flow velocity (noise - x0)."
+    )
+    sample_steps: int = Field(2, ge=1, le=1000, description="Denoising steps at inference.")
+    time_sampling: Literal["uniform", "logit_normal"] = Field(
+        "logit_normal", description="How training draws the noise level t in [0, 1]."
+    )
+
+
+class GPTConfig(TransformerConfig):
+    """Autoregressive patch transformer: context patches, then target patches in raster order, causal."""
+
+    kind: Literal["gpt"] = "gpt"
+
+
+ModelConfig = Annotated[DiTConfig | GPTConfig, Field(discriminator="kind")]
+
+
+class DataConfig(_Strict):
+    dataset: Path = Field(
+        Path("data/sim"), description="LeRobot v3.0 dataset directory (relative to the cwd)."
+    )
+    split_seed: int = 0
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(4, ge=1, description="Small batches, many steps: what works on a CPU budget.")
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables EMA.")
+    seed: int = 0
+    compile: bool = Field(False, description="torch.compile the model (CUDA only; ignored on CPU).")
+    log_every_s: float = Field(5.0, gt=0, description="Seconds between train_log.csv rows.")
+
+
+class ExperimentConfig(_Strict):
+    model: ModelConfig = Field(default_factory=DiTConfig)
+    canvas: CanvasConfig = Field(default_factory=CanvasConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """Read and validate an experiment TOML; errors name the file and every bad field."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_validation_error(err)}") from None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '5m', '1.5h', '8h30m' or a plain number of seconds."""
+    text = str(text).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"{text!r} is not a duration like 90s, 5m, 1.5h or 8h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)

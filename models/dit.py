@@ -1,0 +1,157 @@
+"""Pixel-space diffusion transformer (DiT) world model.
+
+The target step of the canvas is noised; the context (earlier steps and separators) stays clean. The network
+sees the context tokens, the last separator (the action's color) and the noisy target tokens, and predicts
+the clean target (`prediction = "x0"`) or the flow velocity noise - x0 (`"flow"`), on the straight path
+x_t = (1 - t) x0 + t * noise, t in [0, 1]. With `residual` (the default) x0 is the target's change from the
+last context step rather than the target itself: most of the picture does not move, so the diffusion
+only has to model what the action changes. Epsilon prediction is known to fail on this task: with few
+sampling steps its x0 estimate near t = 1 is useless.
+
+Conditioning: adaLN-Zero on the noise level t plus an action embedding (the separator color carries the
+action too). Context tokens are modulated by a learned constant instead and never attend to the target,
+so the context is encoded once per canvas and its keys and values are reused for every candidate action
+and every sampling step: that is what makes 27 candidate predictions cheap enough for the planner.
+Sampling is deterministic DDIM on the straight path with `sample_steps` steps; with one step the model
+returns its estimate of the mean target, which is what the MSE metric rewards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.blocks import (
+    KV,
+    Block,
+    FinalLayer,
+    initialize,
+    patchify,
+    sincos_2d,
+    timestep_embedding,
+    unpatchify,
+)
+from models.canvas import CanvasConfig
+from models.config import DiTConfig
+from models.vocab import NUM_ACTIONS
+from models.world_model import WorldModel
+
+
+class DiT(WorldModel):
+    kind = "dit"
+
+    def __init__(self, config: DiTConfig, canvas: CanvasConfig) -> None:
+        super().__init__(config, canvas)
+        d, p = config.width, config.patch
+        patch_dim = 3 * p * p
+        self.embed = nn.Linear(patch_dim, d)
+        self.register_buffer("pos", sincos_2d(self.grid.rows, self.grid.cols, d), persistent=False)
+        self.noisy = nn.Parameter(torch.zeros(d))  # marks the tokens being denoised
+        self.context_cond = nn.Parameter(torch.zeros(d))  # what context tokens are modulated by
+        self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action = nn.Embedding(NUM_ACTIONS, d)
+        self.blocks = nn.ModuleList(
+            Block(d, config.heads, config.mlp_ratio, config.dropout, adaptive=True)
+            for _ in range(config.depth)
+        )
+        self.final = FinalLayer(d, patch_dim, adaptive=True)
+        initialize(self)
+        nn.init.normal_(self.action.weight, std=0.02)
+        nn.init.normal_(self.noisy, std=0.02)
+
+    # -- the two halves of the network ------------------------------------------------------------------
+
+    def encode_context(self, canvases: Tensor) -> list[KV]:
+        """Per-layer keys and values of the context tokens; independent of action, noise and t."""
+        index = self.grid.context_index.to(canvases.device)
+        x = self.embed(patchify(canvases, self.config.patch)[:, index]) + self.pos[index]
+        cond = self.context_cond[None]
+        kvs = []
+        for block in self.blocks:
+            x, kv = block(x, cond)
+            kvs.append(kv)
+        return kvs
+
+    def denoise(self, kvs: list[KV], separator: Tensor, noisy: Tensor, t: Tensor, action: Tensor) -> Tensor:
+        """Network output for the target patches (B, N_target, 3*p*p), given the context's keys/values."""
+        grid = self.grid
+        sep = self.embed(separator) + self.pos[grid.separator_index.to(noisy.device)]
+        tgt = self.embed(noisy) + self.pos[grid.target_index.to(noisy.device)] + self.noisy
+        x = torch.cat([sep, tgt], dim=1)
+        cond = self.time(timestep_embedding(t, self.config.width)) + self.action(action)
+        for block, kv in zip(self.blocks, kvs, strict=True):
+            x, _ = block(x, cond, prefix=kv)
+        return self.final(x[:, sep.shape[1] :], cond)
+
+    def x0_from_output(self, output: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
+        if self.config.prediction == "x0":
+            return output
+        return noisy - t.view(-1, 1, 1) * output  # flow: x_t = x0 + t * (noise - x0)
+
+    # -- training ----------------------------------------------------------------------------------------
+
+    def sample_t(self, n: int, device: torch.device) -> Tensor:
+        if self.config.time_sampling == "logit_normal":
+            return torch.sigmoid(torch.randn(n, device=device))
+        return torch.rand(n, device=device)
+
+    def base(self, patches: Tensor) -> Tensor | float:
+        """What the diffusion predicts a change from: the last context step when residual, else nothing."""
+        if not self.config.residual:
+            return 0.0
+        return patches[:, self.grid.last_step_index.to(patches.device)]
+
+    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
+        grid = self.grid
+        patches = patchify(canvases, self.config.patch)
+        x0 = patches[:, grid.target_index.to(canvases.device)] - self.base(patches)
+        separator = patches[:, grid.separator_index.to(canvases.device)]
+        t = self.sample_t(len(canvases), canvases.device)
+        noise = torch.randn_like(x0)
+        tt = t.view(-1, 1, 1)
+        noisy = (1 - tt) * x0 + tt * noise
+        output = self.denoise(self.encode_context(canvases), separator, noisy, t, actions[:, -1])
+        goal = x0 if self.config.prediction == "x0" else noise - x0
+        return F.mse_loss(output, goal)
+
+    # -- inference ---------------------------------------------------------------------------------------
+
+    def separator_patches(self, actions: Tensor) -> Tensor:
+        """The last separator's patches painted in each action's color, (N, N_separator, 3*p*p)."""
+        p = self.config.patch
+        colors = self.action_colors[actions]  # (N, 3)
+        patch = colors[:, :, None].expand(-1, -1, p * p).reshape(len(actions), 1, 3 * p * p)
+        return patch.expand(-1, len(self.grid.separator_index), -1)
+
+    @torch.no_grad()
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        b, k = actions.shape
+        device = context.device
+        base = self.base(patchify(context, self.config.patch))
+        if isinstance(base, Tensor):
+            base = base.repeat_interleave(k, 0)
+        kvs = [
+            (key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
+            for key, value in self.encode_context(context)
+        ]
+        flat_actions = actions.reshape(-1).to(device)
+        separator = self.separator_patches(flat_actions)
+
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        n_target, patch_dim = len(self.grid.target_index), 3 * self.config.patch**2
+        noise = torch.randn(b, 1, n_target, patch_dim, generator=generator, device=device)
+        x = noise.expand(b, k, -1, -1).reshape(b * k, n_target, patch_dim)  # same noise for every candidate
+
+        times = torch.linspace(1.0, 0.0, self.config.sample_steps + 1).tolist()
+        for t_now, t_next in zip(times[:-1], times[1:], strict=True):
+            t = torch.full((b * k,), t_now, device=device)
+            x0 = self.x0_from_output(self.denoise(kvs, separator, x, t, flat_actions), x, t)
+            if t_next == 0.0:
+                x = x0
+                break
+            noise_hat = (x - (1 - t_now) * x0) / t_now
+            x = (1 - t_next) * x0 + t_next * noise_hat
+
+        target = unpatchify((x + base).clamp(-1, 1), self.config.patch, self.grid.rows, self.grid.target_cols)
+        return target.reshape(b, k, *target.shape[1:])

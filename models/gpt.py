@@ -1,0 +1,196 @@
+"""Autoregressive patch transformer (GPT) over the canvas: continuous patch regression, no tokenizer.
+
+One canvas is one causal sequence of patch tokens:
+
+    [ context tokens (raster) | last separator's tokens | target inputs 0 .. T-1 ]
+
+- context / separator token = Linear(patch) + sincos position of its cell + segment embedding;
+- target input j = Linear(target patch j-1) (a learned start vector for j = 0) + position of target cell j
+  + segment embedding + action embedding. The output at target input j regresses target patch j.
+
+The action reaches the model twice: through the separator's color (as in the published canvas setting) and
+as an embedding added to every target input, so a weak or far-away separator cannot hide it.
+
+Training is teacher forcing with an MSE on the target patches. The output head is linear (not tanh):
+saturated pixels (black, white, separator colors) stay reachable without huge pre-activations; `predict`
+clamps to [-1, 1] and feeds the clamped patch back as the next input. Inference encodes each context once
+(causal prefill), shares its keys and values with every candidate action, and generates the target one
+patch at a time with a KV cache. `predict_uncached` recomputes the whole sequence every step; a test
+checks that both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from models.blocks import Block, FinalLayer, initialize, patchify, sincos_2d, unpatchify
+from models.canvas import CanvasConfig
+from models.config import GPTConfig
+from models.vocab import NUM_ACTIONS
+from models.world_model import WorldModel
+
+CONTEXT, SEPARATOR, TARGET = 0, 1, 2
+"""Segment ids: which part of the canvas a token comes from."""
+
+
+class GPT(WorldModel):
+    """Causal patch transformer: context, then separator, then the target patch by patch."""
+
+    kind = "gpt"
+
+    def __init__(self, config: GPTConfig, canvas: CanvasConfig) -> None:
+        super().__init__(config, canvas)
+        d, grid = config.width, self.grid
+        self.patch_dim = 3 * config.patch * config.patch
+        # Index tensors as (non-persistent) buffers so they follow the model to its device.
+        self.register_buffer("context_index", grid.context_index, persistent=False)
+        self.register_buffer("separator_index", grid.separator_index, persistent=False)
+        self.register_buffer("target_index", grid.target_index, persistent=False)
+        self.register_buffer("pos", sincos_2d(grid.rows, grid.cols, d), persistent=False)
+
+        self.embed = nn.Linear(self.patch_dim, d)  # one patch embedding for every segment
+        self.segment = nn.Embedding(3, d)
+        self.action_embed = nn.Embedding(NUM_ACTIONS, d)
+        self.start = nn.Parameter(torch.zeros(d))  # stands in for "target patch -1"
+        self.blocks = nn.ModuleList(
+            Block(d, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)
+        )
+        self.final = FinalLayer(d, self.patch_dim)
+        initialize(self)  # xavier linears, zero output head: the untrained model predicts flat gray
+        for weight in (self.segment.weight, self.action_embed.weight, self.start):
+            nn.init.normal_(weight, std=0.02)  # small next to the unit-scale sincos positions
+
+    # ----------------------------------------------------------------------------------------- tokens
+
+    def _tokens(self, patches: Tensor, index: Tensor, segment: int) -> Tensor:
+        """Input tokens of the canvas cells `index`: patch embedding + position + segment."""
+        return self.embed(patches[:, index]) + self.pos[index] + self.segment.weight[segment]
+
+    def _target_tokens(self, content: Tensor, first: int, action: Tensor) -> Tensor:
+        """Target inputs first .. first+n-1 from `content` (B, n, d), the embedded previous patches."""
+        cells = self.target_index[first : first + content.shape[1]]
+        return content + self.pos[cells] + self.segment.weight[TARGET] + self.action_embed(action)[:, None]
+
+    # --------------------------------------------------------------------------------------- training
+
+    def forward(self, canvases: Tensor, action: Tensor) -> Tensor:
+        """Teacher-forced target predictions (B, T, 3*p*p), one per target token, in raster order.
+
+        `action` (B,) is the action into the target step. Output j sees only the context, the separator
+        and target patches < j; it is the per-token view that the causality test and `loss` use.
+        """
+        return self._outputs(patchify(canvases, self.config.patch), action)
+
+    def _outputs(self, patches: Tensor, action: Tensor) -> Tensor:
+        b = patches.shape[0]
+        targets = patches[:, self.target_index]
+        content = torch.cat([self.start.expand(b, 1, -1), self.embed(targets[:, :-1])], dim=1)
+        x = torch.cat(
+            [
+                self._tokens(patches, self.context_index, CONTEXT),
+                self._tokens(patches, self.separator_index, SEPARATOR),
+                self._target_tokens(content, 0, action),
+            ],
+            dim=1,
+        )
+        for block in self.blocks:
+            x, _ = block(x, causal=True)
+        return self.final(x[:, -targets.shape[1] :])
+
+    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
+        """MSE over the target patches; `actions` (B, history), the last one leads into the target."""
+        prediction = self(canvases, actions[:, -1])
+        truth = patchify(canvases, self.config.patch)[:, self.target_index]
+        return (prediction.float() - truth.float()).square().mean()
+
+    # -------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        """Target step (B, K, 3, H, W_target) in [-1, 1] for B contexts under K candidate actions each.
+
+        The context is encoded once (causal prefill) and its keys/values are copied once into a cache that
+        every candidate extends; the separator comes from the candidate's action, the target region of
+        `context` is ignored. `seed` is unused: the model is deterministic.
+        """
+        del seed
+        b, k = self._check(context, actions)
+        nc, ns, nt = len(self.context_index), len(self.separator_index), len(self.target_index)
+        length, n = nc + ns + nt, b * k
+        action = actions.reshape(n)
+        with self._eval_mode():
+            # 1. causal prefill of each context, once; its K/V go into every candidate's cache row.
+            x = self._tokens(patchify(context, self.config.patch), self.context_index, CONTEXT)
+            caches = []
+            for block in self.blocks:
+                x, (key, value) = block(x, causal=True)
+                heads, head_dim = key.shape[1], key.shape[3]
+                cache = key.new_empty(2, b, k, heads, length, head_dim)
+                cache[:, :, :, :, :nc] = torch.stack([key, value])[:, :, None]
+                caches.append(cache.view(2, n, heads, length, head_dim))
+
+            # 2. separator tokens depend only on the action's color: embed the NUM_ACTIONS variants once.
+            painted = self.paint_action(
+                context[:1].repeat(NUM_ACTIONS, 1, 1, 1), torch.arange(NUM_ACTIONS, device=context.device)
+            )
+            separators = self._tokens(patchify(painted, self.config.patch), self.separator_index, SEPARATOR)
+
+            # 3. separator + start token in one causal step, then one target patch per step.
+            start = self._target_tokens(self.start.expand(n, 1, -1), 0, action)
+            patches = [self._extend(torch.cat([separators[action], start], dim=1), caches, nc)]
+            for j in range(1, nt):
+                x = self._target_tokens(self.embed(patches[-1])[:, None], j, action)
+                patches.append(self._extend(x, caches, nc + ns + j))
+        return self._target_image(torch.stack(patches, dim=1), b, k)
+
+    def _extend(self, x: Tensor, caches: list[Tensor], t: int) -> Tensor:
+        """Run new tokens at positions t.. through the blocks against the cache[:t], store their K/V,
+        and return the (clamped) patch predicted by the last one."""
+        m = x.shape[1]
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x, (key, value) = block(x, prefix=(cache[0, :, :, :t], cache[1, :, :, :t]), causal=True)
+            cache[0, :, :, t : t + m] = key
+            cache[1, :, :, t : t + m] = value
+        return self.final(x[:, -1]).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def predict_uncached(self, context: Tensor, actions: Tensor) -> Tensor:
+        """`predict` the slow way: paint each candidate's canvas and rerun the full teacher-forced sequence
+        for every target patch. Exists to prove the KV-cached path exact; not for real use."""
+        b, k = self._check(context, actions)
+        action = actions.reshape(b * k)
+        canvases = self.paint_action(context.repeat_interleave(k, dim=0), action)
+        patches = patchify(canvases, self.config.patch)
+        patches[:, self.target_index] = 0.0
+        with self._eval_mode():
+            for j, cell in enumerate(self.target_index.tolist()):
+                patches[:, cell] = self._outputs(patches, action)[:, j].clamp(-1.0, 1.0)
+        return self._target_image(patches[:, self.target_index], b, k)
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def _target_image(self, patches: Tensor, b: int, k: int) -> Tensor:
+        """(B*K, T, 3*p*p) target patches -> (B, K, 3, H, W_target)."""
+        image = unpatchify(patches, self.config.patch, self.grid.rows, self.grid.target_cols)
+        return image.view(b, k, *image.shape[1:])
+
+    def _check(self, context: Tensor, actions: Tensor) -> tuple[int, int]:
+        if actions.dim() != 2 or actions.shape[0] != context.shape[0]:
+            raise ValueError(
+                f"actions must be (B={context.shape[0]}, K) candidate ids, got {tuple(actions.shape)}"
+            )
+        return actions.shape[0], actions.shape[1]
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Dropout off while predicting, whatever mode the caller left the model in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)

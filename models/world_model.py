@@ -1,0 +1,127 @@
+"""The contract every world model keeps, and the tensor form of canvases.
+
+Evaluation, reports and the robot planner only ever call `loss` and `predict`, so a model the agent invents
+plugs in as long as it subclasses `WorldModel`:
+
+- `loss(canvases, actions)`: a scalar to minimize on a training batch of whole canvases.
+- `predict(context, actions, seed)`: for B context canvases and K candidate actions each, the predicted
+  target step (camera frames and motor strip) under every candidate: (B, K, 3, H, W_target). The target
+  region of `context` is ignored; the last separator is painted from the action. A sampling model uses the
+  same noise for all K candidates of a context (common random numbers), so candidates differ only by the
+  action, and `seed` makes the prediction reproducible.
+
+Tensors: canvases are float (B, 3, H, W) in [-1, 1]; `to_tensor` / `to_uint8` convert from / to the
+uint8 (B, H, W, 3) arrays of the canvas cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.canvas import CanvasConfig
+from models.errors import ConfigError
+from models.vocab import ACTION_NAMES
+
+
+def to_tensor(canvases: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(canvases), device=device)
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
+    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.movedim(-3, -1).cpu().numpy()
+
+
+class CanvasGrid:
+    """The canvas as a grid of patch tokens, split into what a model is given and what it predicts.
+
+    - context: every token left of the last separator (context steps and earlier separators), raster order;
+    - separator: the last separator's tokens, which carry the action being asked about;
+    - target: the target step's tokens (camera frames and motor strip), raster order;
+    - last_step: the last context step's tokens, cell for cell under the target's.
+    Splitting the action off the context lets a model encode the context once and reuse it for every
+    candidate action and every sampling step.
+    """
+
+    def __init__(self, canvas: CanvasConfig, patch: int) -> None:
+        sizes = {
+            "frame_width": canvas.frame_width,
+            "frame_height": canvas.frame_height,
+            "separator_width": canvas.separator_width,
+            "motor_strip_height": canvas.motor_strip_height,
+        }
+        bad = [f"canvas.{name}={value}" for name, value in sizes.items() if value % patch]
+        if bad:
+            raise ConfigError(f"patch {patch} must divide every canvas size; not: {', '.join(bad)}")
+        layout = canvas.layout
+        self.patch = patch
+        self.rows, self.cols = layout.height // patch, layout.width // patch
+        col_of = np.arange(self.cols) * patch
+        target = layout.target_columns
+        separator = layout.separator_columns(canvas.history - 1)
+        grid = np.arange(self.rows * self.cols).reshape(self.rows, self.cols)
+        self.context_index = torch.as_tensor(grid[:, col_of < separator.start].ravel())
+        self.separator_index = torch.as_tensor(
+            grid[:, (col_of >= separator.start) & (col_of < separator.stop)].ravel()
+        )
+        self.target_index = torch.as_tensor(grid[:, col_of >= target.start].ravel())
+        last = layout.step_columns(canvas.history - 1)
+        self.last_step_index = torch.as_tensor(grid[:, (col_of >= last.start) & (col_of < last.stop)].ravel())
+        """The last context step's tokens, aligned one to one with `target_index`: what the copy baseline
+        predicts, and what residual models predict a change from."""
+        self.target_cols = int((col_of >= target.start).sum())
+        self.target_pixel_columns = target
+        self.separator_pixel_columns = separator
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.cols
+
+
+class WorldModel(nn.Module):
+    """Base class of world models: canvas geometry, action painting, and the two calls."""
+
+    kind: str = "base"
+
+    def __init__(self, config, canvas: CanvasConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.canvas = canvas
+        self.grid = CanvasGrid(canvas, config.patch)
+        colors = [canvas.action_colors[name] for name in ACTION_NAMES]
+        self.register_buffer(
+            "action_colors", torch.tensor(colors, dtype=torch.float32) / 127.5 - 1.0, persistent=False
+        )
+
+    def paint_action(self, canvases: Tensor, actions: Tensor) -> Tensor:
+        """Canvases with the last separator set to the color of `actions` (B,); returns a new tensor."""
+        out = canvases.clone()
+        cols = self.grid.separator_pixel_columns
+        out[:, :, :, cols] = self.action_colors[actions][:, :, None, None]
+        return out
+
+    def target_of(self, canvases: Tensor) -> Tensor:
+        """The target step region (B, 3, H, W_target)."""
+        return canvases[..., self.grid.target_pixel_columns]
+
+    def with_target(self, canvases: Tensor, target: Tensor) -> Tensor:
+        out = canvases.clone()
+        out[..., self.grid.target_pixel_columns] = target
+        return out
+
+    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(
+        self, context: Tensor, actions: Tensor, seed: int | None = None
+    ) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,88 @@
+"""The DiT world model on tiny configs: it learns, it is deterministic, it conditions on the action."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import DiTConfig
+from models.dit import DiT
+from models.errors import ConfigError
+from tests.synthetic import TINY_CANVAS, as_batch, rolled_scenes
+
+TINY = DiTConfig(patch=4, width=64, depth=2, heads=4, sample_steps=1)
+
+
+def fixed_noise_loss(model: DiT, canvases: torch.Tensor, actions: torch.Tensor) -> float:
+    """The training loss with the same noise and noise levels every time: comparable before and after."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return model.loss(canvases.repeat(8, 1, 1, 1), actions.repeat(8, 1)).item()
+
+
+def trained_dit(steps: int = 400, config: DiTConfig = TINY, seed: int = 0) -> tuple[DiT, tuple[float, float]]:
+    """A tiny DiT overfit on 6 rolled scenes; returns it and its fixed-noise loss before and after."""
+    torch.manual_seed(seed)
+    model = DiT(config, TINY_CANVAS)
+    canvases, actions = as_batch(*rolled_scenes(6))
+    before = fixed_noise_loss(model, canvases, actions)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        loss = model.loss(canvases, actions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), (before, fixed_noise_loss(model, canvases, actions))
+
+
+@pytest.fixture(scope="module")
+def overfit() -> tuple[DiT, tuple[float, float]]:
+    return trained_dit()
+
+
+def test_loss_falls_when_overfitting_a_batch(overfit):
+    _, (before, after) = overfit
+    assert after < before / 4, (before, after)
+
+
+def test_predict_shape_determinism_and_common_noise():
+    torch.manual_seed(0)
+    model = DiT(TINY.model_copy(update={"sample_steps": 3}), TINY_CANVAS).eval()
+    torch.nn.init.normal_(model.final.linear.weight, std=0.05)  # an untrained model predicts flat gray
+    canvases, _ = as_batch(*rolled_scenes(2))
+    actions = torch.tensor([[0, 1, 1], [2, 2, 0]])
+    a = model.predict(canvases, actions, seed=7)
+    assert a.shape == (2, 3, 3, 16 * 2 + 4, 16)
+    assert torch.equal(a, model.predict(canvases, actions, seed=7))
+    assert not torch.equal(a, model.predict(canvases, actions, seed=8))
+    # the same action twice in one call sees the same noise: identical predictions
+    assert torch.equal(a[0, 1], a[0, 2]) and torch.equal(a[1, 0], a[1, 1])
+    # the target region of the context input is ignored
+    scrambled = canvases.clone()
+    scrambled[..., model.grid.target_pixel_columns] = torch.rand_like(
+        scrambled[..., model.grid.target_pixel_columns]
+    )
+    assert torch.equal(a, model.predict(scrambled, actions, seed=7))
+
+
+def test_predictions_follow_the_action_after_training(overfit):
+    model, _ = overfit
+    canvases, actions = as_batch(*rolled_scenes(6))
+    with torch.inference_mode():
+        predictions = model.predict(canvases, torch.arange(3).repeat(6, 1), seed=0)
+    truth = model.target_of(canvases)
+    distance = ((predictions - truth[:, None]) ** 2).mean(dim=(2, 3, 4))  # (samples, actions)
+    assert (distance.argmin(dim=1) == actions[:, 0]).all()
+    spread = ((predictions[:, 1] - predictions[:, 2]) ** 2).mean()
+    assert spread > 10 * distance.gather(1, actions).mean()
+
+
+def test_flow_prediction_trains_too():
+    _, (before, after) = trained_dit(steps=150, config=TINY.model_copy(update={"prediction": "flow"}))
+    assert after < before / 2, (before, after)
+
+
+def test_patch_must_divide_the_canvas():
+    with pytest.raises(ConfigError, match="separator_width=4"):
+        DiT(TINY.model_copy(update={"patch": 8}), TINY_CANVAS)
