@@ -23,7 +23,9 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
 def train(ctx: typer.Context) -> None:
     """Train a world model for a fixed budget: same options as `python -m models.train` (see --help)."""
     from models.train import main as train_main
@@ -31,7 +33,11 @@ def train(ctx: typer.Context) -> None:
     train_main(ctx.args or ["--help"])
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    name="eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
 def evaluate(ctx: typer.Context) -> None:
     """Judge a run on val or test: same options as `python -m models.evaluate` (see --help)."""
     from models.evaluate import main as evaluate_main

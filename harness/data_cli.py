@@ -112,10 +112,9 @@ def build(
     """Build the canvas cache of a dataset (each split's canvases in one checksummed file)."""
     if experiment is not None:
         from models.config import load_config
-        from models.train import split_config
 
         loaded = load_config(experiment)
-        config, split = loaded.canvas, split_config(loaded)
+        config, split = loaded.canvas, loaded.data.split()
     else:
         config, split = _canvas_config(cameras, frame_size, history), SplitConfig(seed=split_seed)
     directory = _ensure_cache(dataset, config, split, force)

@@ -14,6 +14,9 @@ from torch import Tensor, nn
 KV = tuple[Tensor, Tensor]
 """Keys and values of one attention layer, each (B, heads, L, head_dim)."""
 
+Rope = tuple[Tensor, Tensor]
+"""Rotary tables (cos, sin) for the tokens of one call, each (L, head_dim / 2)."""
+
 
 def patchify(images: Tensor, patch: int) -> Tensor:
     """(B, C, H, W) -> (B, H/p * W/p, C*p*p), patches in raster order (row by row)."""
@@ -47,6 +50,28 @@ def sincos_2d(rows: int, cols: int, dim: int) -> Tensor:
     return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1).float()
 
 
+def rope_2d(rows: Tensor, cols: Tensor, head_dim: int, base: float = 100.0) -> Rope:
+    """2-D rotary position tables: half of each head's pairs turn with the row, half with the column.
+
+    With rotary positions, attention scores depend on the *offset* between two tokens, so "look one patch
+    to the left in the previous step" is the same pattern everywhere on the canvas: a world model learns
+    motion as a shift far sooner than with absolute positions.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D rotary positions need a head width divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    freqs = 1.0 / base ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    angles = torch.cat([rows.double()[:, None] * freqs, cols.double()[:, None] * freqs], dim=1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, rope: Rope) -> Tensor:
+    """Rotate (B, heads, L, head_dim) queries or keys by their positions' angles."""
+    cos, sin = rope
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (B,) noise levels in [0, 1] (scaled to 0..1000 like DDPM steps)."""
     half = dim // 2
@@ -67,13 +92,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, prefix: KV | None = None, causal: bool = False) -> tuple[Tensor, KV]:
-        """Returns the output and this call's own (k, v), so a caller can cache them.
+    def forward(
+        self, x: Tensor, prefix: KV | None = None, causal: bool = False, rope: Rope | None = None
+    ) -> tuple[Tensor, KV]:
+        """Returns the output and this call's own (k, v) (keys already rotated), so a caller can cache them.
 
         With a prefix, queries see every prefix position plus (causally, if asked) their own sequence.
         """
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         own = (k, v)
         mask = None
         if prefix is not None:
@@ -131,15 +160,20 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada[1].bias)
 
     def forward(
-        self, x: Tensor, cond: Tensor | None = None, prefix: KV | None = None, causal: bool = False
+        self,
+        x: Tensor,
+        cond: Tensor | None = None,
+        prefix: KV | None = None,
+        causal: bool = False,
+        rope: Rope | None = None,
     ) -> tuple[Tensor, KV]:
         """x: (B, L, d); cond: (B, d) or (1, d) when adaptive. Returns the output and this layer's (k, v)."""
         if not self.adaptive:
-            h, kv = self.attn(self.norm1(x), prefix, causal)
+            h, kv = self.attn(self.norm1(x), prefix, causal, rope)
             x = x + h
             return x + self.mlp(self.norm2(x)), kv
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)
-        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix, causal)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix, causal, rope)
         x = x + gate1 * h
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x, kv

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.canvas import CanvasConfig
+from models.data import SplitConfig
 from models.errors import ConfigError, describe_validation_error
 
 
@@ -30,6 +31,11 @@ class TransformerConfig(_Strict):
     heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    position: Literal["rope", "sincos"] = Field(
+        "rope",
+        description="rope: 2-D rotary positions relative to each step's frame, plus a learned step embedding "
+        "(motion is a relative shift); sincos: fixed absolute positions over the whole canvas.",
+    )
     residual: bool = Field(
         True,
         description="Predict the target as the last context step plus a change: most pixels do not move, so "
@@ -45,8 +51,17 @@ class DiTConfig(TransformerConfig):
         "x0", description="What the network outputs: the clean target (x0) or the flow velocity (noise - x0)."
     )
     sample_steps: int = Field(2, ge=1, le=1000, description="Denoising steps at inference.")
-    time_sampling: Literal["uniform", "logit_normal"] = Field(
-        "logit_normal", description="How training draws the noise level t in [0, 1]."
+    time_sampling: Literal["uniform", "logit_normal", "high"] = Field(
+        "uniform",
+        description="How training draws the noise level t in [0, 1]; 'high' (density 2t) spends more steps "
+        "near pure noise, where few-step sampling starts and the context must do all the work.",
+    )
+    pure_noise_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Fraction of training samples at t = 1 (pure noise): there the context and action are all "
+        "the model has, which is what teaches it the dynamics; the rest learn to refine.",
     )
 
 
@@ -66,6 +81,11 @@ class DataConfig(_Strict):
     split_seed: int = 0
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
+
+    def split(self) -> SplitConfig:
+        return SplitConfig(
+            seed=self.split_seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction
+        )
 
 
 class TrainConfig(_Strict):

@@ -28,7 +28,6 @@ from models.blocks import (
     FinalLayer,
     initialize,
     patchify,
-    sincos_2d,
     timestep_embedding,
     unpatchify,
 )
@@ -46,8 +45,15 @@ class DiT(WorldModel):
         d, p = config.width, config.patch
         patch_dim = 3 * p * p
         self.embed = nn.Linear(patch_dim, d)
-        self.register_buffer("pos", sincos_2d(self.grid.rows, self.grid.cols, d), persistent=False)
-        self.noisy = nn.Parameter(torch.zeros(d))  # marks the tokens being denoised
+        # A target token reads its noisy patch and, beside it, the last context step's patch in the same
+        # cell (like channel-concatenated conditioning frames in video diffusion): at high noise the token
+        # still knows what was there, instead of carrying nothing but noise.
+        self.embed_target = nn.Linear(2 * patch_dim, d)
+        grid = self.grid
+        self.register_buffer("context_index", grid.context_index, persistent=False)
+        self.register_buffer(
+            "query_index", torch.cat([grid.separator_index, grid.target_index]), persistent=False
+        )
         self.context_cond = nn.Parameter(torch.zeros(d))  # what context tokens are modulated by
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action = nn.Embedding(NUM_ACTIONS, d)
@@ -58,31 +64,36 @@ class DiT(WorldModel):
         self.final = FinalLayer(d, patch_dim, adaptive=True)
         initialize(self)
         nn.init.normal_(self.action.weight, std=0.02)
-        nn.init.normal_(self.noisy, std=0.02)
 
     # -- the two halves of the network ------------------------------------------------------------------
 
     def encode_context(self, canvases: Tensor) -> list[KV]:
         """Per-layer keys and values of the context tokens; independent of action, noise and t."""
-        index = self.grid.context_index.to(canvases.device)
-        x = self.embed(patchify(canvases, self.config.patch)[:, index]) + self.pos[index]
+        position, rope = self.positions(self.context_index)
+        x = self.embed(patchify(canvases, self.config.patch)[:, self.context_index]) + position
         cond = self.context_cond[None]
         kvs = []
         for block in self.blocks:
-            x, kv = block(x, cond)
+            x, kv = block(x, cond, rope=rope)
             kvs.append(kv)
         return kvs
 
-    def denoise(self, kvs: list[KV], separator: Tensor, noisy: Tensor, t: Tensor, action: Tensor) -> Tensor:
-        """Network output for the target patches (B, N_target, 3*p*p), given the context's keys/values."""
-        grid = self.grid
-        sep = self.embed(separator) + self.pos[grid.separator_index.to(noisy.device)]
-        tgt = self.embed(noisy) + self.pos[grid.target_index.to(noisy.device)] + self.noisy
-        x = torch.cat([sep, tgt], dim=1)
-        cond = self.time(timestep_embedding(t, self.config.width)) + self.action(action)
+    def denoise(
+        self, kvs: list[KV], separator: Tensor, noisy: Tensor, last: Tensor, t: Tensor, action: Tensor
+    ) -> Tensor:
+        """Network output for the target patches (B, N_target, 3*p*p), given the context's keys/values,
+        the last separator's patches, the noisy target and the last context step's patches (`last`)."""
+        position, rope = self.positions(self.query_index)
+        n_sep = separator.shape[1]
+        action_vector = self.action(action)
+        # The action also enters the target tokens directly: adaLN starts at zero, so this is the path it
+        # can take from the first step on.
+        target = self.embed_target(torch.cat([noisy, last], dim=-1)) + action_vector[:, None]
+        x = torch.cat([self.embed(separator), target], dim=1) + position
+        cond = self.time(timestep_embedding(t, self.config.width)) + action_vector
         for block, kv in zip(self.blocks, kvs, strict=True):
-            x, _ = block(x, cond, prefix=kv)
-        return self.final(x[:, sep.shape[1] :], cond)
+            x, _ = block(x, cond, prefix=kv, rope=rope)
+        return self.final(x[:, n_sep:], cond)
 
     def x0_from_output(self, output: Tensor, noisy: Tensor, t: Tensor) -> Tensor:
         if self.config.prediction == "x0":
@@ -93,25 +104,33 @@ class DiT(WorldModel):
 
     def sample_t(self, n: int, device: torch.device) -> Tensor:
         if self.config.time_sampling == "logit_normal":
-            return torch.sigmoid(torch.randn(n, device=device))
-        return torch.rand(n, device=device)
+            t = torch.sigmoid(torch.randn(n, device=device))
+        elif self.config.time_sampling == "high":
+            t = torch.rand(n, device=device).sqrt()
+        else:
+            t = torch.rand(n, device=device)
+        pure = torch.rand(n, device=device) < self.config.pure_noise_fraction
+        return torch.where(pure, torch.ones_like(t), t)
 
-    def base(self, patches: Tensor) -> Tensor | float:
-        """What the diffusion predicts a change from: the last context step when residual, else nothing."""
-        if not self.config.residual:
-            return 0.0
+    def last_step(self, patches: Tensor) -> Tensor:
+        """The last context step's patches, cell for cell under the target's."""
         return patches[:, self.grid.last_step_index.to(patches.device)]
+
+    def base(self, last: Tensor) -> Tensor | float:
+        """What the diffusion predicts a change from: the last context step when residual, else nothing."""
+        return last if self.config.residual else 0.0
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         grid = self.grid
         patches = patchify(canvases, self.config.patch)
-        x0 = patches[:, grid.target_index.to(canvases.device)] - self.base(patches)
+        last = self.last_step(patches)
+        x0 = patches[:, grid.target_index.to(canvases.device)] - self.base(last)
         separator = patches[:, grid.separator_index.to(canvases.device)]
         t = self.sample_t(len(canvases), canvases.device)
         noise = torch.randn_like(x0)
         tt = t.view(-1, 1, 1)
         noisy = (1 - tt) * x0 + tt * noise
-        output = self.denoise(self.encode_context(canvases), separator, noisy, t, actions[:, -1])
+        output = self.denoise(self.encode_context(canvases), separator, noisy, last, t, actions[:, -1])
         goal = x0 if self.config.prediction == "x0" else noise - x0
         return F.mse_loss(output, goal)
 
@@ -128,9 +147,8 @@ class DiT(WorldModel):
     def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
         b, k = actions.shape
         device = context.device
-        base = self.base(patchify(context, self.config.patch))
-        if isinstance(base, Tensor):
-            base = base.repeat_interleave(k, 0)
+        last = self.last_step(patchify(context, self.config.patch)).repeat_interleave(k, 0)
+        base = self.base(last)
         kvs = [
             (key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
             for key, value in self.encode_context(context)
@@ -146,7 +164,7 @@ class DiT(WorldModel):
         times = torch.linspace(1.0, 0.0, self.config.sample_steps + 1).tolist()
         for t_now, t_next in zip(times[:-1], times[1:], strict=True):
             t = torch.full((b * k,), t_now, device=device)
-            x0 = self.x0_from_output(self.denoise(kvs, separator, x, t, flat_actions), x, t)
+            x0 = self.x0_from_output(self.denoise(kvs, separator, x, last, t, flat_actions), x, t)
             if t_next == 0.0:
                 x = x0
                 break

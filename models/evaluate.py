@@ -40,7 +40,7 @@ from torch import Tensor
 
 from models.canvas import CanvasConfig, CanvasLayout
 from models.checkpoint import load_run, write_json
-from models.data import SPLITS, CanvasSplit, SplitConfig, load_split
+from models.data import SPLITS, CanvasSplit, load_split
 from models.errors import DatasetError, WorldloopError
 from models.vocab import ACTION_JOINT, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
 from models.world_model import WorldModel, to_tensor, to_uint8
@@ -448,11 +448,7 @@ def evaluate_run(
     if not run_dir.is_dir():
         raise WorldloopError(f"{run_dir}: no such run directory")
     model, config = load_run(run_dir, ema=True, device=device)
-    data = config.data
-    split_config = SplitConfig(
-        seed=data.split_seed, val_fraction=data.val_fraction, test_fraction=data.test_fraction
-    )
-    canvases = load_split(Path(dataset or data.dataset), config.canvas, split, split_config)
+    canvases = load_split(Path(dataset or config.data.dataset), config.canvas, split, config.data.split())
     result = evaluate(model, canvases, max_samples=max_samples, seed=seed, device=device)
     write_json(run_dir / f"eval_{split}.json", result.metrics)
     write_npz(run_dir / f"cf_{split}.npz", result.examples())

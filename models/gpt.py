@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from models.blocks import Block, FinalLayer, initialize, patchify, sincos_2d, unpatchify
+from models.blocks import Block, FinalLayer, Rope, initialize, patchify, unpatchify
 from models.canvas import CanvasConfig
 from models.config import GPTConfig
 from models.vocab import NUM_ACTIONS
@@ -50,7 +50,9 @@ class GPT(WorldModel):
         self.register_buffer("context_index", grid.context_index, persistent=False)
         self.register_buffer("separator_index", grid.separator_index, persistent=False)
         self.register_buffer("target_index", grid.target_index, persistent=False)
-        self.register_buffer("pos", sincos_2d(grid.rows, grid.cols, d), persistent=False)
+        self.register_buffer("last_step_index", grid.last_step_index, persistent=False)
+        sequence = torch.cat([grid.context_index, grid.separator_index, grid.target_index])
+        self.register_buffer("sequence_index", sequence, persistent=False)  # the cell of every position
 
         self.embed = nn.Linear(self.patch_dim, d)  # one patch embedding for every segment
         self.segment = nn.Embedding(3, d)
@@ -68,12 +70,17 @@ class GPT(WorldModel):
 
     def _tokens(self, patches: Tensor, index: Tensor, segment: int) -> Tensor:
         """Input tokens of the canvas cells `index`: patch embedding + position + segment."""
-        return self.embed(patches[:, index]) + self.pos[index] + self.segment.weight[segment]
+        return self.embed(patches[:, index]) + self.positions(index)[0] + self.segment.weight[segment]
 
     def _target_tokens(self, content: Tensor, first: int, action: Tensor) -> Tensor:
         """Target inputs first .. first+n-1 from `content` (B, n, d), the embedded previous patches."""
         cells = self.target_index[first : first + content.shape[1]]
-        return content + self.pos[cells] + self.segment.weight[TARGET] + self.action_embed(action)[:, None]
+        position = self.positions(cells)[0]
+        return content + position + self.segment.weight[TARGET] + self.action_embed(action)[:, None]
+
+    def _rope(self, start: int, stop: int) -> Rope | None:
+        """Rotary tables of sequence positions start..stop-1 (None with absolute positions)."""
+        return self.positions(self.sequence_index[start:stop])[1]
 
     # --------------------------------------------------------------------------------------- training
 
@@ -97,9 +104,14 @@ class GPT(WorldModel):
             ],
             dim=1,
         )
+        rope = self._rope(0, x.shape[1])
         for block in self.blocks:
-            x, _ = block(x, causal=True)
-        return self.final(x[:, -targets.shape[1] :])
+            x, _ = block(x, causal=True, rope=rope)
+        return self.final(x[:, -targets.shape[1] :]) + self._base(patches)
+
+    def _base(self, patches: Tensor) -> Tensor | float:
+        """With `residual`, outputs are changes from the last context step's patch in the same cell."""
+        return patches[:, self.last_step_index] if self.config.residual else 0.0
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         """MSE over the target patches; `actions` (B, history), the last one leads into the target."""
@@ -124,10 +136,17 @@ class GPT(WorldModel):
         action = actions.reshape(n)
         with self._eval_mode():
             # 1. causal prefill of each context, once; its K/V go into every candidate's cache row.
-            x = self._tokens(patchify(context, self.config.patch), self.context_index, CONTEXT)
+            context_patches = patchify(context, self.config.patch)
+            base = self._base(context_patches)
+            if isinstance(base, Tensor):
+                base = base.repeat_interleave(k, dim=0)
+            else:
+                base = context_patches.new_zeros(n, nt, self.patch_dim)
+            x = self._tokens(context_patches, self.context_index, CONTEXT)
             caches = []
+            rope = self._rope(0, nc)
             for block in self.blocks:
-                x, (key, value) = block(x, causal=True)
+                x, (key, value) = block(x, causal=True, rope=rope)
                 heads, head_dim = key.shape[1], key.shape[3]
                 cache = key.new_empty(2, b, k, heads, length, head_dim)
                 cache[:, :, :, :, :nc] = torch.stack([key, value])[:, :, None]
@@ -141,21 +160,26 @@ class GPT(WorldModel):
 
             # 3. separator + start token in one causal step, then one target patch per step.
             start = self._target_tokens(self.start.expand(n, 1, -1), 0, action)
-            patches = [self._extend(torch.cat([separators[action], start], dim=1), caches, nc)]
+            out = self._extend(torch.cat([separators[action], start], dim=1), caches, nc)
+            patches = [(out + base[:, 0]).clamp(-1.0, 1.0)]
             for j in range(1, nt):
                 x = self._target_tokens(self.embed(patches[-1])[:, None], j, action)
-                patches.append(self._extend(x, caches, nc + ns + j))
+                out = self._extend(x, caches, nc + ns + j)
+                patches.append((out + base[:, j]).clamp(-1.0, 1.0))
         return self._target_image(torch.stack(patches, dim=1), b, k)
 
     def _extend(self, x: Tensor, caches: list[Tensor], t: int) -> Tensor:
         """Run new tokens at positions t.. through the blocks against the cache[:t], store their K/V,
-        and return the (clamped) patch predicted by the last one."""
+        and return the network output of the last one (a patch, or a change when residual)."""
         m = x.shape[1]
+        rope = self._rope(t, t + m)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x, (key, value) = block(x, prefix=(cache[0, :, :, :t], cache[1, :, :, :t]), causal=True)
+            x, (key, value) = block(
+                x, prefix=(cache[0, :, :, :t], cache[1, :, :, :t]), causal=True, rope=rope
+            )
             cache[0, :, :, t : t + m] = key
             cache[1, :, :, t : t + m] = value
-        return self.final(x[:, -1]).clamp(-1.0, 1.0)
+        return self.final(x[:, -1])
 
     @torch.no_grad()
     def predict_uncached(self, context: Tensor, actions: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, build_model, save_weights, write_json
 from models.config import ExperimentConfig, TrainConfig, load_config, parse_duration
-from models.data import SplitConfig, load_split
+from models.data import load_split
 from models.errors import MissingCacheError, WorldloopError
 from models.world_model import WorldModel, to_tensor
 
@@ -52,11 +52,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def split_config(config: ExperimentConfig) -> SplitConfig:
-    data = config.data
-    return SplitConfig(seed=data.split_seed, val_fraction=data.val_fraction, test_fraction=data.test_fraction)
 
 
 def learning_rate(train: TrainConfig, step: int, progress: float) -> float:
@@ -108,7 +103,7 @@ def train(
         torch.set_num_threads(os.cpu_count() or 1)
 
     root = Path(dataset or config.data.dataset)
-    train_split = load_split(root, config.canvas, "train", split_config(config))
+    train_split = load_split(root, config.canvas, "train", config.data.split())
     if len(train_split) == 0:
         raise WorldloopError(f"the train split of {root} has no canvases")
     canvases = torch.from_numpy(np.array(train_split.canvases))  # uint8, copied into RAM
@@ -222,7 +217,7 @@ def validation_loss(
     model: WorldModel, root: Path, config: ExperimentConfig, device: torch.device
 ) -> float | None:
     """Mean training loss on a fixed slice of val with fixed noise: a quick sanity number, not the judge."""
-    val = load_split(root, config.canvas, "val", split_config(config))
+    val = load_split(root, config.canvas, "val", config.data.split())
     if len(val) == 0:
         return None
     index = np.linspace(0, len(val) - 1, min(VAL_LOSS_SAMPLES, len(val))).astype(int)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.blocks import Rope, rope_2d, sincos_2d
 from models.canvas import CanvasConfig
 from models.errors import ConfigError
 from models.vocab import ACTION_NAMES
@@ -75,6 +76,23 @@ class CanvasGrid:
         """The last context step's tokens, aligned one to one with `target_index`: what the copy baseline
         predicts, and what residual models predict a change from."""
         self.target_cols = int((col_of >= target.start).sum())
+        # Where each cell sits inside its step: frame-relative row and column, and which step or separator
+        # it belongs to (step k -> 2k, separator k -> 2k + 1). Separator columns continue the frame's.
+        segment, col_in = np.zeros(self.cols, dtype=np.int64), np.zeros(self.cols, dtype=np.int64)
+        for k in range(layout.steps):
+            cols = layout.step_columns(k)
+            inside = (col_of >= cols.start) & (col_of < cols.stop)
+            segment[inside], col_in[inside] = 2 * k, (col_of[inside] - cols.start) // patch
+            if k < canvas.history:
+                sep = layout.separator_columns(k)
+                inside = (col_of >= sep.start) & (col_of < sep.stop)
+                segment[inside] = 2 * k + 1
+                col_in[inside] = canvas.frame_width // patch + (col_of[inside] - sep.start) // patch
+        rows = np.repeat(np.arange(self.rows), self.cols)
+        self.cell_row = torch.as_tensor(rows)
+        self.cell_col = torch.as_tensor(np.tile(col_in, self.rows))
+        self.cell_segment = torch.as_tensor(np.tile(segment, self.rows))
+        self.segments = 2 * canvas.history + 1
         self.target_pixel_columns = target
         self.separator_pixel_columns = separator
 
@@ -97,6 +115,25 @@ class WorldModel(nn.Module):
         self.register_buffer(
             "action_colors", torch.tensor(colors, dtype=torch.float32) / 127.5 - 1.0, persistent=False
         )
+        grid, width = self.grid, config.width
+        if config.position == "sincos":
+            self.register_buffer("pos", sincos_2d(grid.rows, grid.cols, width), persistent=False)
+        else:
+            self.step_embed = nn.Parameter(torch.randn(grid.segments, width) * 0.1)
+            cos, sin = rope_2d(grid.cell_row, grid.cell_col, width // config.heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+            self.register_buffer("cell_segment", grid.cell_segment, persistent=False)
+
+    def positions(self, index: Tensor) -> tuple[Tensor, Rope | None]:
+        """Position terms of the canvas cells `index`: what to add to their tokens, and their rotary tables.
+
+        sincos: an absolute embedding of the cell, no rotary. rope: a learned embedding of the cell's step
+        (or separator), with the cell's place inside its frame given by rotary tables.
+        """
+        if self.config.position == "sincos":
+            return self.pos[index], None
+        return self.step_embed[self.cell_segment[index]], (self.rope_cos[index], self.rope_sin[index])
 
     def paint_action(self, canvases: Tensor, actions: Tensor) -> Tensor:
         """Canvases with the last separator set to the color of `actions` (B,); returns a new tensor."""

@@ -6,9 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from robot.record import record_sim_dataset
 from robot.sim import SimConfig
+
+# Tiny test models run fastest on one thread, and the suite must not fight a training run for two cores.
+torch.set_num_threads(1)
 
 EPISODES = 6
 ACTIONS = 8

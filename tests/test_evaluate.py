@@ -41,15 +41,6 @@ ACTIONS = [STAY, PAN_PLUS, PAN_MINUS, PAN_PLUS, PAN_PLUS, PAN_MINUS, STAY, PAN_M
 STAY_FRACTION = ACTIONS.count(STAY) / len(ACTIONS)  # 0.2: distinguishable from chance
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread; two fight over a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scenes(
     actions: list[int], seed: int = 0, strip_sign: int = 1, config: CanvasConfig = CANVAS
 ) -> CanvasSplit:
@@ -80,12 +71,12 @@ def scenes(
 
 
 class Fake(WorldModel):
-    """A model with no parameters; subclasses say what `predict` returns."""
+    """A model with no weights (only the base class's position table); subclasses say what `predict` returns."""
 
     kind = "fake"
 
     def __init__(self, config: CanvasConfig = CANVAS) -> None:
-        super().__init__(SimpleNamespace(patch=4), config)
+        super().__init__(SimpleNamespace(patch=4, width=16, heads=2, position="sincos"), config)
 
     def last_step(self, context: Tensor) -> Tensor:
         """The last context step's column (camera frames and strip), (B, 3, H, W_target)."""

@@ -14,17 +14,9 @@ from models.vocab import JOINT_NAMES, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
 from models.world_model import to_tensor
 
 CANVAS = CanvasConfig(frame_width=16, frame_height=16, separator_width=4, motor_strip_height=4)
-CONFIG = GPTConfig(width=32, depth=2, heads=2, patch=4)
+CONFIG = GPTConfig(width=32, depth=2, heads=2, patch=4, residual=False)
+"""Absolute patches: whole-frame rolls of random blocks are easier to learn as patches than as changes."""
 SHIFT = {PAN_PLUS: -4, PAN_MINUS: 4}  # pixels the target frames roll under each action; stay = 0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two fight over a busy two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def action_canvases(contexts: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,3 +119,17 @@ def test_target_outputs_are_causal():
             out[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0
         )  # outputs <= j: blind
         assert (out[:, j + 1] - base[:, j + 1]).abs().max() > 1e-4  # the next output sees patch j
+
+
+def test_untrained_residual_model_predicts_the_last_frame():
+    """With `residual`, the zero-initialized head makes the untrained model the copy-last-frame baseline."""
+    torch.manual_seed(0)
+    model = GPT(CONFIG.model_copy(update={"residual": True}), CANVAS).eval()
+    context, _ = action_canvases(contexts=2)
+    out = model.predict(context, torch.arange(NUM_ACTIONS).repeat(len(context), 1))
+    last = context[
+        ...,
+        model.grid.separator_pixel_columns.start
+        - CANVAS.frame_width : model.grid.separator_pixel_columns.start,
+    ]
+    assert torch.equal(out, last[:, None].expand_as(out))

@@ -1,0 +1,131 @@
+"""`python -m models.train` as the harness runs it: a real subprocess on a tiny config and real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.canvas import CanvasConfig
+from models.checkpoint import load_run
+from models.config import ExperimentConfig, load_config, parse_duration
+from models.data import build_cache, load_split
+from models.errors import ConfigError
+from models.train import EXIT_NAN, learning_rate
+from models.world_model import to_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CANVAS = {"frame_width": 32, "frame_height": 32}
+
+
+def write_config(path: Path, dataset: Path, kind: str = "dit", **train: object) -> Path:
+    """A tiny experiment TOML: 32 px frames, a one-block model, the session's sim dataset."""
+    model = f'kind = "{kind}"\npatch = 8\nwidth = 32\ndepth = 1\nheads = 2\n'
+    train_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {"log_every_s": 1.0, **train}.items())
+    path.write_text(
+        f"[model]\n{model}\n[canvas]\nframe_width = 32\nframe_height = 32\n\n"
+        f'[data]\ndataset = "{dataset}"\n\n[train]\n{train_lines}'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_cache(sim_dataset: Path) -> Path:
+    build_cache(sim_dataset, CanvasConfig(**SMALL_CANVAS))
+    return sim_dataset
+
+
+def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "models.train",
+        "--config",
+        str(config),
+        "--budget",
+        budget,
+        "--out",
+        str(out),
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("kind", ["dit", "gpt"])
+def test_budget_is_respected_and_outputs_are_written(small_cache: Path, tmp_path: Path, kind: str):
+    config = write_config(tmp_path / "tiny.toml", small_cache, kind)
+    result = run_train(config, tmp_path / "run", budget="4s")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 4.0 <= metrics["train_seconds"] < 4.5  # the budget is wall-clock training time
+    assert metrics["steps"] > 10 and metrics["samples"] == metrics["steps"] * 4
+    assert metrics["model_kind"] == kind and metrics["val_loss"] > 0
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    assert len(rows) >= 3
+    assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
+    assert int(rows[-1]["step"]) == metrics["steps"]
+    saved = ExperimentConfig.model_validate_json((run / "config.json").read_text())
+    assert saved == load_config(config)
+    assert (run / "model.safetensors").exists() and (run / "ema.safetensors").exists()
+
+
+def test_checkpoint_round_trip_reproduces_predictions(small_cache: Path, tmp_path: Path):
+    config = write_config(tmp_path / "tiny.toml", small_cache)
+    assert run_train(config, tmp_path / "run", budget="2s").returncode == 0
+    model_a, loaded = load_run(tmp_path / "run")
+    model_b, _ = load_run(tmp_path / "run")
+    val = load_split(small_cache, loaded.canvas, "val")
+    context = to_tensor(val.canvases[:3])
+    actions = torch.arange(3).repeat(3, 1)
+    assert torch.equal(model_a.predict(context, actions, seed=5), model_b.predict(context, actions, seed=5))
+    raw, _ = load_run(tmp_path / "run", ema=False)
+    assert not torch.equal(raw.predict(context, actions, seed=5), model_a.predict(context, actions, seed=5))
+
+
+def test_nan_loss_exits_with_its_own_code(small_cache: Path, tmp_path: Path):
+    config = write_config(tmp_path / "tiny.toml", small_cache, lr=1e30, grad_clip=0.0, warmup_steps=0)
+    result = run_train(config, tmp_path / "run", budget="20s")
+    assert result.returncode == EXIT_NAN, result.stderr
+    assert "loss became nan" in result.stderr.lower() or "loss became inf" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_lists_every_bad_field(tmp_path: Path, sim_dataset: Path):
+    config = write_config(tmp_path / "bad.toml", sim_dataset, batch_size=0, learning_rate=0.1)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert "train.batch_size" in str(info.value) and "train.learning_rate" in str(info.value)
+    result = run_train(config, tmp_path / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.batch_size" in result.stderr and "train.learning_rate" in result.stderr
+
+
+def test_missing_cache_says_how_to_build_it(sim_dataset: Path, tmp_path: Path):
+    config = write_config(tmp_path / "tiny.toml", sim_dataset)
+    text = config.read_text().replace(
+        "frame_width = 32\nframe_height = 32", "frame_width = 24\nframe_height = 24"
+    )
+    config.write_text(text.replace("patch = 8", "patch = 4"))
+    result = run_train(config, tmp_path / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"harness data build {sim_dataset} --config {config}" in result.stderr
+
+
+def test_learning_rate_warms_up_then_follows_the_budget():
+    train = ExperimentConfig().train.model_copy(update={"lr": 1e-3, "warmup_steps": 10, "min_lr_ratio": 0.1})
+    assert learning_rate(train, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate(train, 10, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(train, 500, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(train, 900, 1.0) == pytest.approx(1e-4)
+
+
+def test_durations():
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("8h30m") == 30600
+    assert parse_duration("1.5h") == 5400 and parse_duration("12") == 12
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("5 minutes")
