@@ -60,8 +60,8 @@ class DiTConfig(TransformerConfig):
         0.5,
         ge=0,
         le=1,
-        description="Fraction of training samples at t = 1 (pure noise): there the context and action are all "
-        "the model has, which is what teaches it the dynamics; the rest learn to refine.",
+        description="Fraction of training samples at t = 1 (pure noise): there the context and action are "
+        "all the model has, which is what teaches it the dynamics; the rest learn to refine.",
     )
 
 

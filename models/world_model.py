@@ -28,7 +28,9 @@ from models.vocab import ACTION_NAMES
 
 def to_tensor(canvases: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(canvases), device=device)
+    if isinstance(canvases, np.ndarray) and not canvases.flags.writeable:
+        canvases = canvases.copy()  # a read-only memmap slice: torch wants memory it may write
+    x = torch.as_tensor(canvases, device=device)
     return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 

@@ -71,7 +71,7 @@ def scenes(
 
 
 class Fake(WorldModel):
-    """A model with no weights (only the base class's position table); subclasses say what `predict` returns."""
+    """A model without weights (only the base class's position table); subclasses define `predict`."""
 
     kind = "fake"
 
