@@ -57,8 +57,29 @@ def print_table(title: str, rows: list[Row]) -> None:
     Console().print(table)
 
 
-def write_section(name: str, title: str, rows: list[Row], notes: str = "") -> Path:
-    """Replace this benchmark's section of RESULTS.md with fresh figures, machine and date."""
+def _existing_rows(text: str, name: str) -> list[str]:
+    """The table lines of a benchmark's current section, to keep what a partial rerun did not remeasure."""
+    match = re.search(rf"<!-- bench:{re.escape(name)} -->(.*?)<!-- /bench:{re.escape(name)} -->", text, re.S)
+    if not match:
+        return []
+    return [
+        line
+        for line in match.group(1).splitlines()
+        if line.startswith("| ") and not line.startswith("| measure")
+    ]
+
+
+def write_section(name: str, title: str, rows: list[Row], notes: str = "", merge: bool = False) -> Path:
+    """Replace this benchmark's section of RESULTS.md with fresh figures, machine and date.
+
+    With `merge`, rows of the old section that this run did not measure are kept as they were, so a long
+    benchmark can be completed in parts (the notes should say so).
+    """
+    old_text = RESULTS.read_text() if RESULTS.exists() else ""
+    kept = []
+    if merge:
+        fresh = {r.name for r in rows}
+        kept = [line for line in _existing_rows(old_text, name) if line.split(" | ")[0][2:] not in fresh]
     lines = [
         f"<!-- bench:{name} -->",
         f"## {title}",
@@ -67,6 +88,7 @@ def write_section(name: str, title: str, rows: list[Row], notes: str = "") -> Pa
         "",
         "| measure | value | unit | target | note |",
         "|---|---:|---|---|---|",
+        *kept,
         *(f"| {r.name} | {r.shown} | {r.unit} | {r.target} | {r.note} |" for r in rows),
     ]
     if notes:
@@ -74,11 +96,7 @@ def write_section(name: str, title: str, rows: list[Row], notes: str = "") -> Pa
     lines.append(f"<!-- /bench:{name} -->")
     section = "\n".join(lines)
 
-    text = (
-        RESULTS.read_text()
-        if RESULTS.exists()
-        else "# Benchmark results\n\nLatest figures of each benchmark.\n"
-    )
+    text = old_text or "# Benchmark results\n\nLatest figures of each benchmark.\n"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = (
         pattern.sub(lambda _: section, text)

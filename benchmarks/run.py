@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("sim_render", "dataset_io")
+BENCHMARKS = ("sim_render", "dataset_io", "world_models")  # world_models trains for ~30 min
 
 
 def main() -> None:

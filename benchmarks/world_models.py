@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=ROOT / "data/sim")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--merge", action="store_true", help="keep the section's rows this run does not redo")
     args = parser.parse_args()
 
     def minutes(text: str) -> list[float]:
@@ -133,7 +134,7 @@ def main() -> None:
             "Reference (published pixel DiT, same 2 cores): cf_acc 0.997 and mse 0.48x copy after 19 min, "
             "9 s for 27 predictions (50 steps)."
         )
-        write_section(NAME, TITLE, rows, notes)
+        write_section(NAME, TITLE, rows, notes, merge=args.merge)
 
 
 if __name__ == "__main__":

@@ -213,11 +213,7 @@ def build_cache(
     """Build (or find) the canvas cache of a dataset for a canvas config. Returns its directory."""
     root = Path(root)
     reader = LeRobotReader(root)
-    missing = [cam for cam in config.cameras if cam not in reader.cameras]
-    if missing:
-        raise DatasetError(
-            f"camera(s) {missing} not in {root / 'meta/info.json'}; it has {list(reader.cameras)}"
-        )
+    check_cameras(reader, config)
     target = cache_dir(root, config, split, cache_root)
     if target.exists() and not force:
         verify_cache(target)
@@ -278,6 +274,15 @@ def build_cache(
     return target
 
 
+def check_cameras(reader: LeRobotReader, config: CanvasConfig) -> None:
+    """Refuse a canvas config that asks for cameras the dataset does not have, naming both."""
+    missing = [cam for cam in config.cameras if cam not in reader.cameras]
+    if missing:
+        raise DatasetError(
+            f"camera(s) {missing} not in {reader.root / 'meta/info.json'}; it has {list(reader.cameras)}"
+        )
+
+
 def load_split(
     root: Path,
     config: CanvasConfig,
@@ -293,6 +298,7 @@ def load_split(
         LeRobotReader(root)  # raises the reader's precise error
     directory = cache_dir(root, config, split, cache_root)
     if not (directory / "index.json").exists():
+        check_cameras(LeRobotReader(root), config)  # a config this dataset can never serve: say why
         raise MissingCacheError(
             f"no canvas cache for {root} with this canvas config; build it with `harness data build {root}` "
             "and the same canvas options (or `--config <experiment.toml>`)"
