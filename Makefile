@@ -18,11 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-demo: setup
+DEMO_BUDGET ?= 2m
+
+# The demo dataset is recorded once; delete $(DATA) to record it again.
+$(DATA)/meta/info.json: | setup
 	$(VENV)/bin/harness data synth --episodes $(EPISODES) --out $(DATA)
+
+demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness data info $(DATA)
-	$(VENV)/bin/harness data build $(DATA)
+	$(VENV)/bin/harness data build $(DATA) --config experiments/dit.toml
 	$(VENV)/bin/harness data show $(DATA) --split val --out reports/demo-canvases.png
+	$(VENV)/bin/harness train --config experiments/dit.toml --dataset $(DATA) --budget $(DEMO_BUDGET) --out runs/demo-dit
+	$(VENV)/bin/harness eval runs/demo-dit --split val --dataset $(DATA)
 
 test: setup
 	$(PY) -m pytest -q

@@ -72,21 +72,30 @@ def gpt_cache_speedup(run: Path, dataset: Path) -> tuple[float, float]:
     return times["cached"], times["uncached"]
 
 
+LABELS = {"dit": "DiT", "gpt": "GPT"}
+
+
+def timed_run(kind: str, minutes: float, dataset: Path, runs: Path) -> tuple[Path, list[Row]]:
+    """Train experiments/<kind>.toml for `minutes`, judge it on val; the run dir and its table rows."""
+    out = runs / f"{kind}-{minutes:g}m"
+    train = train_run(ROOT / f"experiments/{kind}.toml", minutes, out, dataset)
+    label = f"{LABELS[kind]} {minutes:g} min"
+    rows = quality_rows(label, train, judge(out, dataset))
+    rows.append(Row(f"{label}: training throughput", train["samples_per_s"], "samples/s"))
+    return out, rows
+
+
 def run(dit_minutes: list[float], gpt_minutes: list[float], dataset: Path, runs: Path) -> list[Row]:
     rows: list[Row] = []
     for minutes in dit_minutes:
-        out = runs / f"dit-{minutes:g}m"
-        train = train_run(ROOT / "experiments/dit.toml", minutes, out, dataset)
-        metrics = judge(out, dataset)
-        rows += quality_rows(f"DiT {minutes:g} min", train, metrics)
-        rows.append(Row(f"DiT {minutes:g} min: training throughput", train["samples_per_s"], "samples/s"))
+        rows += timed_run("dit", minutes, dataset, runs)[1]
     if dit_minutes:
-        best = runs / f"dit-{max(dit_minutes):g}m"
+        longest = max(dit_minutes)
         for steps in (1, 2, 4):
-            metrics = judge(best, dataset, sample_steps=steps)
+            metrics = judge(runs / f"dit-{longest:g}m", dataset, sample_steps=steps)
             rows.append(
                 Row(
-                    f"DiT {max(dit_minutes):g} min, {steps} sampling step(s): 27 predictions",
+                    f"DiT {longest:g} min, {steps} sampling step(s): 27 predictions",
                     metrics["infer_ms_27"],
                     "ms",
                     "<= 300 ms with cf_acc >= 0.95",
@@ -94,21 +103,11 @@ def run(dit_minutes: list[float], gpt_minutes: list[float], dataset: Path, runs:
                 )
             )
     for minutes in gpt_minutes:
-        out = runs / f"gpt-{minutes:g}m"
-        train = train_run(ROOT / "experiments/gpt.toml", minutes, out, dataset)
-        metrics = judge(out, dataset)
-        rows += quality_rows(f"GPT {minutes:g} min", train, metrics)
-        rows.append(Row(f"GPT {minutes:g} min: training throughput", train["samples_per_s"], "samples/s"))
+        out, measured = timed_run("gpt", minutes, dataset, runs)
+        rows += measured
         cached, uncached = gpt_cache_speedup(out, dataset)
-        rows.append(
-            Row(
-                "GPT: 27 predictions, KV cache",
-                cached,
-                "ms",
-                "",
-                f"{uncached / cached:.0f}x faster than recompute",
-            )
-        )
+        speedup = f"{uncached / cached:.0f}x faster than recompute"
+        rows.append(Row("GPT: 27 predictions, KV cache", cached, "ms", "", speedup))
     return rows
 
 

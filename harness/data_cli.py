@@ -170,15 +170,10 @@ def show(
 
 
 @app.command()
-def info(
-    dataset: DatasetDir,
-    cameras: Cameras = "wrist,base",
-    history: History = 1,
-    split_seed: SplitSeed = 0,
-) -> None:
+def info(dataset: DatasetDir, history: History = 1, split_seed: SplitSeed = 0) -> None:
     """Episodes, frames, cameras, action counts and split sizes of a dataset."""
     reader = LeRobotReader(dataset)
-    config = CanvasConfig(cameras=tuple(c.strip() for c in cameras.split(",")), history=history)
+    config = CanvasConfig(history=history)  # which samples exist depends on history and timing only
     splits = split_episodes(reader.num_episodes, SplitConfig(seed=split_seed))
 
     frame_counts = np.zeros(len(ACTION_NAMES) + 1, dtype=np.int64)

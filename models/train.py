@@ -118,9 +118,9 @@ def train(
         weight_decay=tc.weight_decay,
         fused=device.type == "cuda",
     )
-    step_fn = model
+    loss_fn = model.loss
     if tc.compile and device.type == "cuda":
-        step_fn = torch.compile(model)
+        loss_fn = torch.compile(model.loss)  # the models train through `loss`, not `forward`
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -146,7 +146,7 @@ def train(
                 index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
                 batch = to_tensor(canvases[index], device)
                 with autocast:
-                    loss = step_fn.loss(batch, actions[index].to(device))
+                    loss = loss_fn(batch, actions[index].to(device))
                 value = loss.item()
                 if not math.isfinite(value):
                     log.writerow([step, f"{elapsed:.3f}", samples, value, f"{lr:.3e}", ""])
