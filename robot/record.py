@@ -28,8 +28,8 @@ def episode_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _render_episode(args: tuple[SimConfig, int, int, int]) -> Episode:
-    config, seed, index, num_actions = args
+def sim_episode(config: SimConfig, seed: int, index: int, num_actions: int) -> Episode:
+    """Episode `index` of a simulated dataset recorded with `seed`, as `record_sim_dataset` makes it."""
     s = episode_seed(seed, index)
     return record_episode(SimArm(config, seed=s), num_actions, np.random.default_rng(s), seed=s)
 
@@ -37,12 +37,12 @@ def _render_episode(args: tuple[SimConfig, int, int, int]) -> Episode:
 def _sim_episodes(
     config: SimConfig, episodes: int, actions: int, seed: int, workers: int
 ) -> Iterator[Episode]:
-    jobs = [(config, seed, i, actions) for i in range(episodes)]
     if workers <= 1 or episodes < 4:
-        yield from map(_render_episode, jobs)
+        yield from (sim_episode(config, seed, i, actions) for i in range(episodes))
         return
+    n = episodes
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_render_episode, jobs, chunksize=2)
+        yield from pool.map(sim_episode, [config] * n, [seed] * n, range(n), [actions] * n, chunksize=2)
 
 
 def record_sim_dataset(

@@ -12,7 +12,7 @@ from models.canvas import CanvasConfig
 from models.data import SPLITS, SplitConfig, build_cache, cache_dir, load_split, split_episodes, verify_cache
 from models.errors import DatasetError
 from models.lerobot import LeRobotReader
-from robot.record import _render_episode
+from robot.record import sim_episode
 from robot.sim import SimConfig
 from tests.conftest import ACTIONS, EPISODES
 
@@ -21,7 +21,7 @@ FPA = 15  # frames per action at 30 fps, 0.5 s
 
 def recorded(index: int):
     """The episode exactly as the sim produced it before encoding (same seed derivation as the recorder)."""
-    return _render_episode((SimConfig(), 7, index, ACTIONS))
+    return sim_episode(SimConfig(), 7, index, ACTIONS)
 
 
 def test_reader_returns_what_the_sim_recorded(sim_dataset: Path):
