@@ -9,9 +9,16 @@ only has to model what the action changes. Epsilon prediction is known to fail o
 sampling steps its x0 estimate near t = 1 is useless.
 
 Conditioning: adaLN-Zero on the noise level t plus an action embedding (the separator color carries the
-action too). Context tokens are modulated by a learned constant instead and never attend to the target,
-so the context is encoded once per canvas and its keys and values are reused for every candidate action
-and every sampling step: that is what makes 27 candidate predictions cheap enough for the planner.
+action too, and the embedding is also added to the target tokens, a path that works before adaLN has
+learned anything). Context tokens are modulated by a learned constant instead and never attend to the
+target, so the context is encoded once per canvas and its keys and values are reused for every candidate
+action and every sampling step: that is what makes 27 candidate predictions cheap enough for the planner.
+
+What made it learn the dynamics in minutes on a CPU rather than staying action-blind (each measured):
+rotary positions inside each frame (`position = "rope"`: a pan is a shift by one patch, the same relative
+offset everywhere), target tokens that read the last context step's patch beside their noisy one, and
+half of the training samples at pure noise (`pure_noise_fraction`), where only context and action help.
+
 Sampling is deterministic DDIM on the straight path with `sample_steps` steps; with one step the model
 returns its estimate of the mean target, which is what the MSE metric rewards.
 """
