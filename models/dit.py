@@ -57,7 +57,6 @@ class DiT(WorldModel):
         # still knows what was there, instead of carrying nothing but noise.
         self.embed_target = nn.Linear(2 * patch_dim, d)
         grid = self.grid
-        self.register_buffer("context_index", grid.context_index, persistent=False)
         self.register_buffer(
             "query_index", torch.cat([grid.separator_index, grid.target_index]), persistent=False
         )
@@ -121,18 +120,17 @@ class DiT(WorldModel):
 
     def last_step(self, patches: Tensor) -> Tensor:
         """The last context step's patches, cell for cell under the target's."""
-        return patches[:, self.grid.last_step_index.to(patches.device)]
+        return patches[:, self.last_step_index]
 
     def base(self, last: Tensor) -> Tensor | float:
         """What the diffusion predicts a change from: the last context step when residual, else nothing."""
         return last if self.config.residual else 0.0
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
-        grid = self.grid
         patches = patchify(canvases, self.config.patch)
         last = self.last_step(patches)
-        x0 = patches[:, grid.target_index.to(canvases.device)] - self.base(last)
-        separator = patches[:, grid.separator_index.to(canvases.device)]
+        x0 = patches[:, self.target_index] - self.base(last)
+        separator = patches[:, self.separator_index]
         t = self.sample_t(len(canvases), canvases.device)
         noise = torch.randn_like(x0)
         tt = t.view(-1, 1, 1)
@@ -148,7 +146,7 @@ class DiT(WorldModel):
         p = self.config.patch
         colors = self.action_colors[actions]  # (N, 3)
         patch = colors[:, :, None].expand(-1, -1, p * p).reshape(len(actions), 1, 3 * p * p)
-        return patch.expand(-1, len(self.grid.separator_index), -1)
+        return patch.expand(-1, len(self.separator_index), -1)
 
     @torch.no_grad()
     def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
@@ -164,7 +162,7 @@ class DiT(WorldModel):
         separator = self.separator_patches(flat_actions)
 
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        n_target, patch_dim = len(self.grid.target_index), 3 * self.config.patch**2
+        n_target, patch_dim = len(self.target_index), 3 * self.config.patch**2
         noise = torch.randn(b, 1, n_target, patch_dim, generator=generator, device=device)
         x = noise.expand(b, k, -1, -1).reshape(b * k, n_target, patch_dim)  # same noise for every candidate
 

@@ -46,11 +46,6 @@ class GPT(WorldModel):
         super().__init__(config, canvas)
         d, grid = config.width, self.grid
         self.patch_dim = 3 * config.patch * config.patch
-        # Index tensors as (non-persistent) buffers so they follow the model to its device.
-        self.register_buffer("context_index", grid.context_index, persistent=False)
-        self.register_buffer("separator_index", grid.separator_index, persistent=False)
-        self.register_buffer("target_index", grid.target_index, persistent=False)
-        self.register_buffer("last_step_index", grid.last_step_index, persistent=False)
         sequence = torch.cat([grid.context_index, grid.separator_index, grid.target_index])
         self.register_buffer("sequence_index", sequence, persistent=False)  # the cell of every position
 

@@ -16,6 +16,8 @@ uint8 (B, H, W, 3) arrays of the canvas cache.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -98,12 +100,8 @@ class CanvasGrid:
         self.target_pixel_columns = target
         self.separator_pixel_columns = separator
 
-    @property
-    def tokens(self) -> int:
-        return self.rows * self.cols
 
-
-class WorldModel(nn.Module):
+class WorldModel(nn.Module, ABC):
     """Base class of world models: canvas geometry, action painting, and the two calls."""
 
     kind: str = "base"
@@ -118,6 +116,9 @@ class WorldModel(nn.Module):
             "action_colors", torch.tensor(colors, dtype=torch.float32) / 127.5 - 1.0, persistent=False
         )
         grid, width = self.grid, config.width
+        # The token groups as buffers, so they follow the model to its device.
+        for name in ("context_index", "separator_index", "target_index", "last_step_index"):
+            self.register_buffer(name, getattr(grid, name), persistent=False)
         if config.position == "sincos":
             self.register_buffer("pos", sincos_2d(grid.rows, grid.cols, width), persistent=False)
         else:
@@ -148,19 +149,13 @@ class WorldModel(nn.Module):
         """The target step region (B, 3, H, W_target)."""
         return canvases[..., self.grid.target_pixel_columns]
 
-    def with_target(self, canvases: Tensor, target: Tensor) -> Tensor:
-        out = canvases.clone()
-        out[..., self.grid.target_pixel_columns] = target
-        return out
+    @abstractmethod
+    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
+        """Scalar training loss of a batch: canvases (B, 3, H, W), actions (B, history)."""
 
-    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def predict(
-        self, context: Tensor, actions: Tensor, seed: int | None = None
-    ) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        """Target step (B, K, 3, H, W_target) for B contexts under K candidate actions (module docstring)."""
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -78,6 +78,10 @@ class Fake(WorldModel):
     def __init__(self, config: CanvasConfig = CANVAS) -> None:
         super().__init__(SimpleNamespace(patch=4, width=16, heads=2, position="sincos"), config)
 
+    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
+        """Nothing to learn: the judge never trains."""
+        return canvases.new_zeros(())
+
     def last_step(self, context: Tensor) -> Tensor:
         """The last context step's column (camera frames and strip), (B, 3, H, W_target)."""
         return context[..., self.canvas.layout.step_columns(self.canvas.history - 1)]
