@@ -28,6 +28,7 @@ from models.data import (
     cache_dir,
     episode_samples,
     load_split,
+    read_index,
     split_episodes,
 )
 from models.lerobot import LeRobotReader
@@ -118,7 +119,7 @@ def build(
     else:
         config, split = _canvas_config(cameras, frame_size, history), SplitConfig(seed=split_seed)
     directory = _ensure_cache(dataset, config, split, force)
-    counts = {name: len(load_split(dataset, config, name, split)) for name in SPLITS}
+    counts = {name: entry["count"] for name, entry in read_index(directory)["splits"].items()}
     console.print(
         f"canvas cache [bold]{directory}[/bold]: "
         + ", ".join(f"{name} {n}" for name, n in counts.items())
@@ -128,10 +129,9 @@ def build(
 
 def _ensure_cache(dataset: Path, config: CanvasConfig, split: SplitConfig, force: bool = False) -> Path:
     """The cache directory; a progress bar only when there is something to build."""
-    reader = LeRobotReader(dataset)
     if not force and (cache_dir(dataset, config, split) / "index.json").exists():
         return build_cache(dataset, config, split)  # verifies checksums, builds nothing
-    with _progress("building canvases", reader.num_episodes) as progress:
+    with _progress("building canvases", LeRobotReader(dataset).num_episodes) as progress:
         return build_cache(dataset, config, split, progress=progress, force=force)
 
 

@@ -320,13 +320,18 @@ def load_split(
     return CanvasSplit(name=name, config=config, canvases=canvases, **facts)
 
 
-def verify_cache(directory: Path) -> dict:
-    """Check every cache file against the checksums in its index; a mismatch names the file."""
-    index_file = directory / "index.json"
+def read_index(directory: Path) -> dict:
+    """A cache's `index.json`: canvas and split config, and per split its count, episodes and checksums."""
+    index_file = Path(directory) / "index.json"
     try:
-        index = json.loads(index_file.read_text())
+        return json.loads(index_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DatasetError(f"canvas cache index {index_file} is unreadable: {err}") from None
+
+
+def verify_cache(directory: Path) -> dict:
+    """Check every cache file against the checksums in its index; a mismatch names the file."""
+    index = read_index(directory)
     for entry in index.get("splits", {}).values():
         for file, expected in entry["sha256"].items():
             path = directory / file
