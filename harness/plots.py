@@ -1,4 +1,4 @@
-"""Figures a person looks at: canvas grids (and, later, loss curves and progress plots)."""
+"""Figures a person looks at: canvas grids, a run's counterfactuals, errors and loss, the night's progress."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,3 +58,221 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 150) -> Path:
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+# ------------------------------------------------------------------------------------------ run reports
+
+ERROR_VMAX = 0.25
+"""Top of the error heatmaps' color scale (mean |error| over channels, [0, 1] pixels). Fixed, so heatmaps of
+different runs compare at a glance."""
+
+
+def _cell(ax: plt.Axes, image: np.ndarray, title: str = "", **imshow: object) -> matplotlib.image.AxesImage:
+    shown = ax.imshow(image, interpolation="nearest", **imshow)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7, pad=2)
+    return shown
+
+
+def _frame(ax: plt.Axes, color: str, width: float = 2.5) -> None:
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(width)
+
+
+def _row_label(ax: plt.Axes, examples: dict[str, np.ndarray], row: int, split: str) -> None:
+    hard = bool(examples["hard"][row])
+    ax.set_ylabel(
+        f"{split} #{int(examples['index'][row])}\n{'hardest' if hard else 'typical'}",
+        fontsize=7,
+        color="#b00020" if hard else "black",
+    )
+
+
+def _copy_last(examples: dict[str, np.ndarray], config: CanvasConfig) -> np.ndarray:
+    """The copy-last-frame baseline's prediction: the last context step, (N, H, W_target, 3)."""
+    return examples["context"][:, :, config.layout.step_columns(config.history - 1)]
+
+
+def _abs_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(axis=-1) / 255.0
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(((a.astype(np.float32) - b.astype(np.float32)) / 255.0) ** 2))
+
+
+def counterfactual_grid(
+    examples: dict[str, np.ndarray], config: CanvasConfig, out: Path, split: str = "val"
+) -> Path:
+    """Rows: samples; columns: context | truth | prediction under each action, the true action framed.
+
+    Each prediction is titled with its mse against the truth, so a reader sees which action the model
+    thinks happened (the lowest) without squinting at pixels.
+    """
+    from models.vocab import ACTION_NAMES
+
+    layout = config.layout
+    rows = len(examples["index"])
+    if rows == 0:
+        raise ValueError("no counterfactual examples to draw")
+    context_w = layout.context_columns.stop
+    ratios = [context_w / config.frame_width, 1.0] + [1.0] * len(ACTION_NAMES)
+    cell = 1.15
+    aspect = layout.height / config.frame_width
+    fig, axes = plt.subplots(
+        rows,
+        len(ratios),
+        figsize=(cell * sum(ratios) + 0.6, rows * (cell * aspect + 0.32) + 0.5),
+        squeeze=False,
+        gridspec_kw={"width_ratios": ratios},
+    )
+    colors = {name: np.array(config.action_colors[name]) / 255 for name in ACTION_NAMES}
+    for r in range(rows):
+        true_action = int(examples["true_action"][r])
+        truth = examples["truth"][r]
+        _cell(axes[r, 0], examples["context"][r][:, layout.context_columns], "context" if r == 0 else "")
+        _row_label(axes[r, 0], examples, r, split)
+        _cell(axes[r, 1], truth, f"truth ({ACTION_NAMES[true_action]})")
+        for a, name in enumerate(ACTION_NAMES):
+            ax = axes[r, 2 + a]
+            pred = examples["predictions"][r, a]
+            mark = " (true)" if a == true_action else ""
+            _cell(ax, pred, f"{name}{mark}\nmse {_mse(pred, truth):.4f}")
+            if a == true_action:
+                _frame(ax, colors[name])
+    fig.suptitle("what the model predicts under each action (framed: the action really taken)", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    return save_figure(fig, out, dpi=110)
+
+
+def error_heatmaps(
+    examples: dict[str, np.ndarray], config: CanvasConfig, out: Path, split: str = "val"
+) -> Path:
+    """Rows: samples; columns: truth | prediction (true action) | its |error| | copy-last-frame's |error|.
+
+    The two heatmaps share a fixed scale, so where the model beats simply repeating the last frame (the
+    moving edges) is visible side by side.
+    """
+    rows = len(examples["index"])
+    if rows == 0:
+        raise ValueError("no counterfactual examples to draw")
+    layout = config.layout
+    copy = _copy_last(examples, config)
+    cell = 1.15
+    aspect = layout.height / config.frame_width
+    fig, axes = plt.subplots(
+        rows, 4, figsize=(cell * 4 + 1.2, rows * (cell * aspect + 0.32) + 0.5), squeeze=False
+    )
+    image = None
+    for r in range(rows):
+        truth = examples["truth"][r]
+        pred = examples["predictions"][r, int(examples["true_action"][r])]
+        _cell(axes[r, 0], truth, "truth")
+        _row_label(axes[r, 0], examples, r, split)
+        _cell(axes[r, 1], pred, "prediction")
+        heat = {"cmap": "inferno", "vmin": 0.0, "vmax": ERROR_VMAX}
+        title = f"model |error|\nmse {_mse(pred, truth):.4f}"
+        image = _cell(axes[r, 2], _abs_error(pred, truth), title, **heat)
+        title = f"copy last frame |error|\nmse {_mse(copy[r], truth):.4f}"
+        _cell(axes[r, 3], _abs_error(copy[r], truth), title, **heat)
+    fig.suptitle("per-pixel error under the true action, beside the copy-last-frame baseline", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.985))
+    bar = fig.add_axes((0.92, 0.3, 0.015, 0.4))
+    fig.colorbar(image, cax=bar).ax.tick_params(labelsize=6)
+    return save_figure(fig, out, dpi=110)
+
+
+def read_train_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(minutes, loss) from a run's train_log.csv; empty arrays when it is missing or has no rows."""
+    import csv
+
+    if not Path(path).exists():
+        return np.zeros(0), np.zeros(0)
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("time_s") and r.get("loss")]
+    minutes = np.array([float(r["time_s"]) / 60 for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    return minutes, loss
+
+
+def loss_curve(curves: list[tuple[str, Path]], out: Path) -> Path:
+    """Training loss over wall-clock minutes; the first curve is the run, the others (gray) its references."""
+    fig, ax = plt.subplots(figsize=(5.6, 2.8))
+    drawn = 0
+    for i, (label, log) in enumerate(curves):
+        minutes, loss = read_train_log(log)
+        if len(loss) == 0:
+            continue
+        style = {"color": "#1f5fbf", "linewidth": 1.6} if i == 0 else {"color": "0.6", "linewidth": 1.0}
+        ax.plot(minutes, loss, label=label, **style)
+        drawn += 1
+    if drawn and all(v > 0 for _, log in curves for v in read_train_log(log)[1]):
+        ax.set_yscale("log")
+    ax.set_xlabel("training time (min)", fontsize=8)
+    ax.set_ylabel("training loss", fontsize=8)
+    ax.tick_params(labelsize=7, which="both")
+    ax.grid(alpha=0.3, which="both")
+    if drawn:
+        ax.legend(fontsize=7, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no training log", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=110)
+
+
+def progress_plot(
+    points: list[tuple[int, float | None, str, str]], out: Path, metric: str = "val mse"
+) -> Path:
+    """The night's progress: one point per run, kept runs labelled, the best so far as a step line.
+
+    `points` are (run index, metric or None, status, short label). Failed runs (no metric) are red crosses
+    on the bottom edge, so a night of crashes is visible too.
+    """
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
+    judged = [(i, v, s, label) for i, v, s, label in points if v is not None]
+    failed = [i for i, v, _, _ in points if v is None]
+    kept = [(i, v, label) for i, v, s, label in judged if s == "keep"]
+    discarded = [(i, v) for i, v, s, _ in judged if s != "keep"]
+    if discarded:
+        ax.scatter(*zip(*discarded, strict=True), s=18, color="0.72", label="discarded", zorder=2)
+    baseline = next((v for i, v, _, _ in judged if i == 0), None)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.4", linestyle="--", linewidth=0.8, label="baseline")
+    if kept:
+        xs, ys, labels = zip(*kept, strict=True)
+        ax.scatter(xs, ys, s=42, color="#2e9e4f", edgecolor="black", linewidth=0.5, label="kept", zorder=3)
+        last = max(i for i, *_ in points)
+        best = np.minimum.accumulate(ys)
+        ax.step(
+            [*xs, last], [*best, best[-1]], where="post", color="#2e9e4f", linewidth=1.2, label="best so far"
+        )
+        for x, y, label in zip(xs, ys, labels, strict=True):
+            text = label if len(label) <= 42 else label[:41] + "…"
+            ax.annotate(
+                text, (x, y), xytext=(4, 6), textcoords="offset points", fontsize=6.5, rotation=20, zorder=4
+            )
+    if failed:  # on the bottom edge (x in data, y in axes units): they have no value to plot
+        ax.scatter(
+            failed,
+            [0.02] * len(failed),
+            transform=ax.get_xaxis_transform(),
+            marker="x",
+            color="#c62828",
+            s=26,
+            label="crashed / rejected",
+            zorder=3,
+        )
+    ax.set_xlabel("run", fontsize=8)
+    ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    improvements = sum(1 for i, *_ in kept if i != 0)
+    ax.set_title(f"{len(points)} runs, {improvements} kept improvements over the baseline", fontsize=9)
+    if points:
+        ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.set_xlim(-0.5, max(i for i, *_ in points) + 1.5)
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=110)

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.canvas import CanvasConfig
+from models.data import build_cache
 from robot.record import record_sim_dataset
 from robot.sim import SimConfig
+from tests.helpers import SMALL_CANVAS
 
 # Tiny test models run fastest on one thread, and the suite must not fight a training run for two cores.
 torch.set_num_threads(1)
@@ -34,3 +37,10 @@ def dataset_copy(sim_dataset: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "sim"
     shutil.copytree(sim_dataset, copy, ignore=shutil.ignore_patterns(".cache"))
     return copy
+
+
+@pytest.fixture(scope="session")
+def small_cache(sim_dataset: Path) -> Path:
+    """The session dataset with the canvas cache of the tiny experiments (tests/tiny.py) built."""
+    build_cache(sim_dataset, CanvasConfig(**SMALL_CANVAS))
+    return sim_dataset

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def harness(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    message = result.stderr.strip()
-    assert message.count("\n") == 0, message
-    for needle in needles:
-        assert needle in message, message
+from tests.helpers import assert_one_line_error, harness
 
 
 def test_synth_info_build_show(tmp_path: Path):

@@ -4,56 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from models.canvas import CanvasConfig
 from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, build_model, load_run, save_weights, write_json
 from models.config import ExperimentConfig, load_config, parse_duration
-from models.data import build_cache, load_split
+from models.data import load_split
 from models.errors import ConfigError, DatasetError
 from models.evaluate import evaluate_run
 from models.train import EXIT_NAN, learning_rate
 from models.world_model import to_tensor
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL_CANVAS = {"frame_width": 32, "frame_height": 32}
-
-
-def write_config(path: Path, dataset: Path, kind: str = "dit", **train: object) -> Path:
-    """A tiny experiment TOML: 32 px frames, a one-block model, the session's sim dataset."""
-    model = f'kind = "{kind}"\npatch = 8\nwidth = 32\ndepth = 1\nheads = 2\n'
-    train_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {"log_every_s": 1.0, **train}.items())
-    path.write_text(
-        f"[model]\n{model}\n[canvas]\nframe_width = 32\nframe_height = 32\n\n"
-        f'[data]\ndataset = "{dataset}"\n\n[train]\n{train_lines}'
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_cache(sim_dataset: Path) -> Path:
-    build_cache(sim_dataset, CanvasConfig(**SMALL_CANVAS))
-    return sim_dataset
-
-
-def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "models.train",
-        "--config",
-        str(config),
-        "--budget",
-        budget,
-        "--out",
-        str(out),
-    ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+from tests.helpers import run_train, write_config
 
 
 @pytest.mark.parametrize(("kind", "budget"), [("dit", 10.0), ("gpt", 4.0)])

@@ -1,0 +1,298 @@
+"""The night's ledger: one RunRecord per experiment, appended to `runs/<tag>/ledger.jsonl`.
+
+The ledger is the source of truth for reports, the summary, `harness status` and `--resume`. It is written
+one fsynced line at a time; a line torn by a kill is dropped on read and cut before the next append, so a
+crash loses at most the record being written. `results.tsv` mirrors it in the format autoresearch users know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.files import append_line, atomic_write_text
+from harness.judge import GUARD_METRIC, PRIMARY_METRIC, Metrics, value
+from harness.paths import NightPaths, night_tags
+from models.errors import WorldloopError
+
+
+class LedgerError(WorldloopError):
+    """A ledger that cannot be read, or a run id that is not in it."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    KEEP = "keep"  # better than the best by the margin: the branch advanced to it
+    DISCARD = "discard"  # trained and judged, not better: the branch was reset
+    CRASH = "crash"  # training or evaluation failed (exception, NaN, bad exit)
+    TIMEOUT = "timeout"  # killed at the hard timeout
+    REJECTED = "rejected"  # never trained: outside the allowlist, did not apply, compile or smoke-train
+
+
+EVALUATED = (RunStatus.KEEP, RunStatus.DISCARD)
+FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.REJECTED)
+
+
+class Timings(BaseModel):
+    """Seconds of wall clock spent on one run, by who spent them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    overhead_s: float = 0.0  # everything else: git, validation, smoke step, reports, ledger
+
+    @property
+    def total_s(self) -> float:
+        return self.agent_s + self.train_s + self.eval_s + self.overhead_s
+
+    def __add__(self, other: Timings) -> Timings:
+        return Timings(**{k: getattr(self, k) + getattr(other, k) for k in Timings.model_fields})
+
+
+class TokenUse(BaseModel):
+    """What the agent's proposal cost (zero for the offline agents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: TokenUse) -> TokenUse:
+        return TokenUse(**{k: getattr(self, k) + getattr(other, k) for k in TokenUse.model_fields})
+
+
+class RunRecord(BaseModel):
+    """One experiment of the night, as the ledger keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    index: int = Field(ge=0)  # 0 is the night's baseline
+    tag: str
+    parent: str | None = None  # the run whose code this one started from (the best at the time)
+    commit: str | None = None  # None when the proposal never became a commit
+    model_kind: str | None = None
+    experiment: str | None = None  # the experiment config it trained, relative to the project
+    hypothesis: str
+    rationale: str = ""
+    diff_stat: str = ""
+    status: RunStatus
+    reason: str = ""  # why it was kept, discarded, or failed, in one line
+    metrics_val: Metrics = Field(default_factory=dict)
+    metrics_test: Metrics | None = None
+    timings: Timings = Field(default_factory=Timings)
+    tokens: TokenUse = Field(default_factory=TokenUse)
+    error_tail: str | None = None
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime = Field(default_factory=now)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.index == 0
+
+    @property
+    def primary(self) -> float | None:
+        """Val value of the primary metric; None for runs without an evaluation."""
+        return value(self.metrics_val, PRIMARY_METRIC) if self.status in EVALUATED else None
+
+    @property
+    def guard(self) -> float | None:
+        return value(self.metrics_val, GUARD_METRIC) if self.status in EVALUATED else None
+
+    @property
+    def short_commit(self) -> str:
+        return self.commit[:7] if self.commit else "-"
+
+    @property
+    def title(self) -> str:
+        """The hypothesis on one line, for tables and plots."""
+        return " ".join(self.hypothesis.split())
+
+
+class NightInfo(BaseModel):
+    """A night's settings, written when it starts (and updated when it ends): `runs/<tag>/night.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str
+    started_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+    end_reason: str | None = None
+    budget_s: float
+    per_run_s: float
+    agent: str
+    agent_model: str | None = None
+    model_kind: str = "dit"
+    base_commit: str | None = None
+    branch: str | None = None
+    dataset: str | None = None
+
+    def write(self, paths: NightPaths) -> None:
+        atomic_write_text(paths.night, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, paths: NightPaths) -> NightInfo | None:
+        return _read_model(cls, paths.night)
+
+
+class RunningState(BaseModel):
+    """What the loop is doing right now: `runs/<tag>/current.json`, rewritten at each phase change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    phase: str  # agent | validate | train | eval | report
+    hypothesis: str = ""
+    started_at: datetime = Field(default_factory=now)
+    phase_started_at: datetime = Field(default_factory=now)
+    pid: int = Field(default_factory=os.getpid)
+
+    def write(self, paths: NightPaths) -> None:
+        atomic_write_text(paths.current, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, paths: NightPaths) -> RunningState | None:
+        return _read_model(cls, paths.current)
+
+    def alive(self) -> bool:
+        """Is the loop that wrote this still running? (A kill -9 leaves the file behind.)"""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_model(cls: type[M], path: Path) -> M | None:
+    if not path.exists():
+        return None
+    try:
+        return cls.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise LedgerError(f"{path} is not a valid {cls.__name__}: {err.errors()[0]['msg']}") from None
+
+
+class Ledger:
+    """The append-only record of one night."""
+
+    def __init__(self, paths: NightPaths) -> None:
+        self.paths = paths
+
+    @property
+    def path(self) -> Path:
+        return self.paths.ledger
+
+    def read(self) -> list[RunRecord]:
+        """Every complete record, in order. A torn last line (a killed write) is skipped."""
+        if not self.path.exists():
+            return []
+        # What follows the last newline is empty, or a line whose append was killed: never committed.
+        complete = self.path.read_bytes().split(b"\n")[:-1]
+        records: list[RunRecord] = []
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(RunRecord.model_validate_json(line))
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "line"
+                raise LedgerError(
+                    f"{self.path}:{number}: not a run record ({where}: {first['msg']})"
+                ) from None
+        return records
+
+    def append(self, record: RunRecord) -> None:
+        """Add a record (refusing a run id already in the ledger), then refresh results.tsv."""
+        records = self.read()
+        if any(r.run_id == record.run_id for r in records):
+            raise LedgerError(f"{record.run_id} is already in {self.path}")
+        append_line(self.path, record.model_dump_json())
+        self.write_results_tsv([*records, record])
+
+    def write_results_tsv(self, records: list[RunRecord] | None = None) -> Path:
+        """`run_id commit mse cf_acc status description`, tab-separated, one row per record."""
+        rows = ["\t".join(["run_id", "commit", PRIMARY_METRIC, GUARD_METRIC, "status", "description"])]
+        for r in self.read() if records is None else records:
+            mse, guard = r.primary, r.guard
+            rows.append(
+                "\t".join(
+                    [
+                        r.run_id,
+                        r.short_commit,
+                        f"{mse:.6g}" if mse is not None else "",
+                        f"{guard:.4f}" if guard is not None else "",
+                        r.status.value,
+                        r.title.replace("\t", " "),
+                    ]
+                )
+            )
+        return atomic_write_text(self.paths.results_tsv, "\n".join(rows) + "\n")
+
+
+# --------------------------------------------------------------------------------------- reading a night
+
+
+def best_run(records: list[RunRecord]) -> RunRecord | None:
+    """The run to promote: the kept run with the lowest val primary metric (the earliest on a tie)."""
+    kept = [r for r in records if r.status == RunStatus.KEEP and r.primary is not None]
+    return min(kept, key=lambda r: (r.primary, r.index)) if kept else None
+
+
+def baseline_run(records: list[RunRecord]) -> RunRecord | None:
+    return next((r for r in records if r.is_baseline), None)
+
+
+def leaderboard(records: list[RunRecord], top: int = 10) -> list[RunRecord]:
+    """Judged runs (kept and discarded) by val primary metric, best first; ties go to the earlier run."""
+    judged = [r for r in records if r.primary is not None]
+    return sorted(judged, key=lambda r: (r.primary, r.index))[:top]
+
+
+def best_before(records: list[RunRecord], record: RunRecord) -> RunRecord | None:
+    """The best run at the time `record` was judged: what it had to beat."""
+    return best_run([r for r in records if r.index < record.index])
+
+
+def find_run(root: Path, run_id: str) -> tuple[NightPaths, RunRecord]:
+    """Look a run id up in every night's ledger; an unknown id lists the known ones."""
+    known: list[str] = []
+    for tag in night_tags(root):
+        paths = NightPaths(root, tag)
+        for record in Ledger(paths).read():
+            if record.run_id == run_id:
+                return paths, record
+            known.append(record.run_id)
+    if not known:
+        raise LedgerError(f"unknown run {run_id!r}: there are no runs under {Path(root) / 'runs'}")
+    shown = ", ".join(known[-20:]) + (f" (and {len(known) - 20} older)" if len(known) > 20 else "")
+    raise LedgerError(f"unknown run {run_id!r}; known runs: {shown}")
+
+
+def load_metrics(path: Path) -> Metrics | None:
+    """An `eval_<split>.json`, or None when the run has not been evaluated on that split."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LedgerError(f"{path}: not valid JSON ({err.msg})") from None

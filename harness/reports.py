@@ -1,0 +1,398 @@
+"""Reports: what the agent reads after every run and what the researcher reads in the morning.
+
+Everything here is rendered from the ledger and the run directories alone (the metrics JSON, the
+counterfactual examples, the training log), so `harness report` and `harness summary` can re-render any
+night at any time, and a report never shows a number that is not on disk.
+
+- `render_run`: `reports/<tag>/<run-id>.md` with its PNGs (counterfactual grid, error heatmaps, loss curve);
+- `feedback`: the same run as compact text for the agent's next prompt (numbers and image paths);
+- `render_summary`: `reports/summary.md` and `reports/progress.png`, the night at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from harness import plots
+from harness.files import atomic_write_text
+from harness.judge import PRIMARY_METRIC, REPORT_METRICS, Metrics, MetricSpec, relative_change, value
+from harness.ledger import (
+    FAILED,
+    Ledger,
+    NightInfo,
+    RunningState,
+    RunRecord,
+    RunStatus,
+    Timings,
+    TokenUse,
+    baseline_run,
+    best_before,
+    best_run,
+    leaderboard,
+    load_metrics,
+    now,
+)
+from harness.paths import NightPaths
+from models.checkpoint import read_config
+
+PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+
+TEST_CARRY_FRACTION = 0.5
+"""The summary flags a best run whose test gain over the baseline is below this fraction of its val gain."""
+
+DIFF_LIMIT = 400
+"""Lines of the proposal's diff shown in a report; the whole diff stays in the run directory."""
+
+PROPOSAL_DIFF = "proposal.diff"
+TRAIN_LOG = "train_log.csv"
+TRAIN_METRICS = "metrics.json"
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def fmt_number(v: float | int | str | None, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v / 1e6:.2f}M" if abs(v) >= 1_000_000 else f"{v:,}"
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def fmt_change(new: float | None, old: float | None, spec: MetricSpec) -> str:
+    """A signed change, marked ✓ when better and ✗ when worse (by more than 0.5% / 0.005)."""
+    if new is None or old is None:
+        return "-"
+    if spec.relative:
+        change = relative_change(new, old)
+        if change is None:
+            return "-"
+        text, big = f"{change:+.1%}", abs(change) >= 0.005
+    else:
+        change = new - old
+        text, big = f"{change:+.3f}", abs(change) >= 0.005
+    text = text.replace("-", "−")
+    if spec.higher_is_better is None or not big:
+        return text
+    better = (change > 0) == spec.higher_is_better
+    return f"{text} {'✓' if better else '✗'}"
+
+
+def one_line(text: str | None, limit: int = 110) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def tail(text: str | None, lines: int = 30) -> str:
+    return "\n".join((text or "").rstrip().splitlines()[-lines:])
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PROMPTS),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(num=fmt_number, duration=fmt_duration, one_line=one_line)
+    return env
+
+
+def render_template(name: str, **context: object) -> str:
+    return _environment().get_template(name).render(**context)
+
+
+# ------------------------------------------------------------------------------------------- one run
+
+
+@dataclass
+class MetricRow:
+    label: str
+    value: str
+    references: list[tuple[str, str]]  # (value, change) per reference run
+    baseline: str  # the trivial model's value: copying the last frame, or chance
+    baseline_kind: str  # "copy-last-frame" or "chance"
+
+
+@dataclass
+class RunView:
+    """Everything a run report shows, read from disk once."""
+
+    record: RunRecord
+    paths: NightPaths
+    parent: RunRecord | None
+    best: RunRecord | None  # the best run this one was judged against, when not its parent
+    train: dict
+    figures: dict[str, str]  # kind -> file name beside the report
+    diff: str
+    diff_truncated: bool
+    rows: list[MetricRow]
+    references: list[str]  # column titles of the reference runs
+
+    @property
+    def report_path(self) -> Path:
+        return self.paths.report(self.record.run_id)
+
+
+def _metric_rows(metrics: Metrics, references: list[Metrics]) -> list[MetricRow]:
+    rows = []
+    for spec in REPORT_METRICS:
+        if spec.key not in metrics:
+            continue
+        v = value(metrics, spec.key)
+        refs = [(fmt_number(r.get(spec.key)), fmt_change(v, value(r, spec.key), spec)) for r in references]
+        if spec.baseline_key:
+            baseline, kind = fmt_number(metrics.get(spec.baseline_key)), "copy-last-frame"
+        elif spec.baseline_value is not None:
+            baseline, kind = fmt_number(spec.baseline_value, 3), "chance"
+        else:
+            baseline, kind = "", ""
+        rows.append(MetricRow(spec.label, fmt_number(metrics.get(spec.key)), refs, baseline, kind))
+    return rows
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _draw_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> dict[str, str]:
+    """The run's PNGs, beside its report; only those its files allow (a crash has no counterfactuals)."""
+    run_dir = paths.run_dir(record.run_id)
+    figures: dict[str, str] = {}
+    cf = run_dir / "cf_val.npz"
+    if record.status not in FAILED and cf.exists() and (run_dir / "config.json").exists():
+        canvas = read_config(run_dir).canvas
+        with np.load(cf) as data:
+            examples = {k: data[k] for k in data.files}
+        if len(examples.get("index", [])):
+            figures["cf"] = plots.counterfactual_grid(
+                examples, canvas, paths.figure(record.run_id, "cf")
+            ).name
+            figures["error"] = plots.error_heatmaps(
+                examples, canvas, paths.figure(record.run_id, "error")
+            ).name
+    if (run_dir / TRAIN_LOG).exists():
+        curves = [(record.run_id, run_dir / TRAIN_LOG)]
+        if parent is not None:
+            curves.append((f"{parent.run_id} (parent)", paths.run_dir(parent.run_id) / TRAIN_LOG))
+        figures["loss"] = plots.loss_curve(curves, paths.figure(record.run_id, "loss")).name
+    return figures
+
+
+def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], draw: bool = True) -> RunView:
+    by_id = {r.run_id: r for r in records}
+    parent = by_id.get(record.parent) if record.parent else None
+    best = best_before(records, record)
+    references: list[tuple[str, RunRecord]] = []
+    if parent is not None and parent.primary is not None:
+        references.append((f"parent {parent.run_id}", parent))
+    if best is not None and best is not parent:
+        references.append((f"best before {best.run_id}", best))
+    run_dir = paths.run_dir(record.run_id)
+    diff_lines = (
+        (run_dir / PROPOSAL_DIFF).read_text().splitlines() if (run_dir / PROPOSAL_DIFF).exists() else []
+    )
+    return RunView(
+        record=record,
+        paths=paths,
+        parent=parent,
+        best=best if best is not parent else None,
+        train=_read_json(run_dir / TRAIN_METRICS),
+        figures=_draw_figures(record, paths, parent) if draw else {},
+        diff="\n".join(diff_lines[:DIFF_LIMIT]),
+        diff_truncated=len(diff_lines) > DIFF_LIMIT,
+        rows=_metric_rows(record.metrics_val, [r.metrics_val for _, r in references]),
+        references=[label for label, _ in references],
+    )
+
+
+def render_run(paths: NightPaths, record: RunRecord, records: list[RunRecord] | None = None) -> Path:
+    """Write `reports/<tag>/<run-id>.md` and its PNGs; returns the markdown's path."""
+    records = Ledger(paths).read() if records is None else records
+    view = run_view(paths, record, records)
+    text = render_template("report.md.j2", v=view, r=record, tail=tail(record.error_tail))
+    return atomic_write_text(view.report_path, text)
+
+
+def feedback(paths: NightPaths, record: RunRecord, records: list[RunRecord], root: Path | None = None) -> str:
+    """The run as the agent reads it next: status, reason, numbers vs the best, and where the images are.
+
+    Call after `render_run`, which draws the images named here. Paths are relative to `root` (the project).
+    """
+    view = run_view(paths, record, records, draw=False)
+    root = Path(root) if root is not None else paths.root
+    images = {
+        kind: str(paths.figure(record.run_id, kind).relative_to(root))
+        for kind in ("cf", "error", "loss")
+        if paths.figure(record.run_id, kind).exists()
+    }
+    return render_template(
+        "feedback.md.j2", v=view, r=record, images=images, tail=tail(record.error_tail, 25)
+    )
+
+
+# -------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class Comparison:
+    """Best vs baseline on one split."""
+
+    split: str
+    rows: list[tuple[str, str, str, str]]  # label, baseline, best, change
+    gain: float | None  # relative drop of the primary metric (positive = better)
+
+
+def test_metrics(paths: NightPaths, record: RunRecord) -> Metrics | None:
+    """A run's test metrics: from its record, else from `eval_test.json` in its run directory."""
+    return record.metrics_test or load_metrics(paths.run_dir(record.run_id) / "eval_test.json")
+
+
+def _compare(split: str, base: Metrics | None, best: Metrics | None) -> Comparison | None:
+    if not base or not best:
+        return None
+    rows = []
+    for spec in REPORT_METRICS:
+        if spec.key in ("parameters", "cf_spread") or spec.key not in best:
+            continue
+        b, n = value(base, spec.key), value(best, spec.key)
+        rows.append((spec.label, fmt_number(b), fmt_number(n), fmt_change(n, b, spec)))
+    change = relative_change(value(best, PRIMARY_METRIC), value(base, PRIMARY_METRIC))
+    return Comparison(split, rows, None if change is None else -change)
+
+
+@dataclass
+class NightView:
+    paths: NightPaths
+    info: NightInfo | None
+    records: list[RunRecord]
+    best: RunRecord | None
+    baseline: RunRecord | None
+    counts: dict[str, int]
+    timings: Timings
+    tokens: TokenUse
+    elapsed_s: float | None
+    val: Comparison | None
+    test: Comparison | None
+    test_missing: list[str]  # run ids whose test metrics are not computed yet
+    carries: bool | None  # does the val gain carry to test? None when unknown
+    board: list[RunRecord]
+    failures: list[RunRecord]
+    running: RunningState | None
+    generated_at: datetime
+
+    @property
+    def improved(self) -> bool:
+        """Has a kept run beaten the baseline?"""
+        return (
+            self.best is not None and self.baseline is not None and self.best.run_id != self.baseline.run_id
+        )
+
+    def is_best(self, record: RunRecord) -> bool:
+        return self.best is not None and record.run_id == self.best.run_id
+
+    def link(self, record: RunRecord) -> str:
+        return f"{self.paths.tag}/{record.run_id}.md"
+
+    def figure(self, record: RunRecord, kind: str) -> str | None:
+        path = self.paths.figure(record.run_id, kind)
+        return f"{self.paths.tag}/{path.name}" if path.exists() else None
+
+    def vs_baseline(self, record: RunRecord) -> str:
+        if record.is_baseline:
+            return "baseline"
+        base = self.baseline.primary if self.baseline else None
+        spec = next(s for s in REPORT_METRICS if s.key == PRIMARY_METRIC)
+        return fmt_change(record.primary, base, spec)
+
+    def share(self, seconds: float) -> str:
+        total = self.timings.total_s
+        return f"{seconds / total:.0%}" if total > 0 else "-"
+
+
+def _elapsed(info: NightInfo | None, records: list[RunRecord], running: RunningState | None) -> float | None:
+    if info is None:
+        return None
+    if info.finished_at is not None:
+        end = info.finished_at
+    elif running is not None:
+        end = now()
+    elif records:
+        end = max(r.finished_at for r in records)
+    else:
+        return 0.0
+    return max(0.0, (end - info.started_at).total_seconds())
+
+
+def night_view(paths: NightPaths) -> NightView:
+    records = Ledger(paths).read()
+    info = NightInfo.read(paths)
+    running = RunningState.read(paths)
+    if running is not None and not running.alive():
+        running = None
+    best, baseline = best_run(records), baseline_run(records)
+    counts = {s.value: sum(1 for r in records if r.status == s) for s in RunStatus}
+    val = test = None
+    test_missing: list[str] = []
+    carries = None
+    if best is not None and baseline is not None and baseline.primary is not None and best is not baseline:
+        val = _compare("val", baseline.metrics_val, best.metrics_val)
+        base_test, best_test = test_metrics(paths, baseline), test_metrics(paths, best)
+        test_missing = [r.run_id for r, m in ((baseline, base_test), (best, best_test)) if not m]
+        test = _compare("test", base_test, best_test)
+        if val and test and val.gain is not None and test.gain is not None and val.gain > 0:
+            carries = test.gain >= TEST_CARRY_FRACTION * val.gain
+    return NightView(
+        paths=paths,
+        info=info,
+        records=records,
+        best=best,
+        baseline=baseline,
+        counts=counts,
+        timings=sum((r.timings for r in records), Timings()),
+        tokens=sum((r.tokens for r in records), TokenUse()),
+        elapsed_s=_elapsed(info, records, running),
+        val=val,
+        test=test,
+        test_missing=test_missing,
+        carries=carries,
+        board=leaderboard(records),
+        failures=[r for r in records if r.status in FAILED],
+        running=running,
+        generated_at=now(),
+    )
+
+
+def render_summary(paths: NightPaths) -> Path:
+    """Rewrite `reports/summary.md` and `reports/progress.png` for one night; returns the markdown's path."""
+    view = night_view(paths)
+    points = [(r.index, r.primary, r.status.value, r.title) for r in view.records]
+    plots.progress_plot(points, paths.progress, metric=f"val {PRIMARY_METRIC}")
+    return atomic_write_text(paths.summary, render_template("summary.md.j2", n=view, metric=PRIMARY_METRIC))

@@ -1,0 +1,58 @@
+"""Running things as the harness and a user do: tiny experiments that train in seconds, the `harness` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CANVAS = {"frame_width": 32, "frame_height": 32}
+
+
+def write_config(path: Path, dataset: Path, kind: str = "dit", **train: object) -> Path:
+    """A tiny experiment TOML: 32 px frames, a one-block model, the session's sim dataset."""
+    model = f'kind = "{kind}"\npatch = 8\nwidth = 32\ndepth = 1\nheads = 2\n'
+    train_lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {"log_every_s": 1.0, **train}.items())
+    path.write_text(
+        f"[model]\n{model}\n[canvas]\nframe_width = 32\nframe_height = 32\n\n"
+        f'[data]\ndataset = "{dataset}"\n\n[train]\n{train_lines}'
+    )
+    return path
+
+
+def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.CompletedProcess:
+    """`python -m models.train` in a subprocess, as the harness's executor runs it."""
+    command = [
+        sys.executable,
+        "-m",
+        "models.train",
+        "--config",
+        str(config),
+        "--budget",
+        budget,
+        "--out",
+        str(out),
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def harness(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The `harness` command in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    for needle in needles:
+        assert needle in message, message

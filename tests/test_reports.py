@@ -1,0 +1,386 @@
+"""Reports from a real little night: three real tiny training runs judged by the real evaluator, and a crash.
+
+The records are written the way the loop writes them (decisions from `judge.decide`), then every report, the
+summary, the agent's feedback and the CLI are checked against the numbers on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from harness import plots, reports
+from harness.judge import decide
+from harness.ledger import (
+    Ledger,
+    LedgerError,
+    NightInfo,
+    RunningState,
+    RunRecord,
+    RunStatus,
+    Timings,
+    TokenUse,
+)
+from harness.paths import NightPaths, run_id_for
+from models.canvas import CanvasConfig
+from models.evaluate import evaluate_run
+from models.vocab import ACTION_NAMES
+from tests.helpers import assert_one_line_error, harness, run_train, write_config
+
+TAG = "night"
+CRASH_TAIL = (
+    'Traceback (most recent call last):\n  File "models/dit.py", line 80\nRuntimeError: mat1 and mat2 shapes'
+)
+IDEAS = [  # (hypothesis, train settings): the baseline, then two variations
+    ("baseline: the unchanged tiny DiT", {}),
+    ("a 3x higher learning rate converges faster in a short budget", {"lr": 3e-3}),
+    ("a 10x lower learning rate is more stable", {"lr": 1e-4}),
+]
+
+
+def make_record(paths: NightPaths, index: int, hypothesis: str, records: list[RunRecord]) -> RunRecord:
+    """Judge a trained run directory as the loop does: against the best so far, parent = that best."""
+    run_id = run_id_for(paths.tag, index)
+    metrics = json.loads((paths.run_dir(run_id) / "eval_val.json").read_text())
+    best = next(
+        iter(sorted((r for r in records if r.status == RunStatus.KEEP), key=lambda r: r.primary)), None
+    )
+    decision = decide(metrics, best.metrics_val if best else None, best.run_id if best else None)
+    return RunRecord(
+        run_id=run_id,
+        index=index,
+        tag=paths.tag,
+        parent=best.run_id if best else None,
+        commit=f"{index:07d}abcdef",
+        model_kind="dit",
+        experiment="experiments/dit.toml",
+        hypothesis=hypothesis,
+        diff_stat="1 file changed, 1 insertion(+), 1 deletion(-)",
+        status=RunStatus.KEEP if decision.keep else RunStatus.DISCARD,
+        reason=decision.reason,
+        metrics_val=metrics,
+        timings=Timings(agent_s=1.0, train_s=3.0, eval_s=1.0, overhead_s=0.2),
+        tokens=TokenUse(input_tokens=1200, output_tokens=300, cost_usd=0.01),
+    )
+
+
+@pytest.fixture(scope="module")
+def night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightPaths:
+    root = tmp_path_factory.mktemp("project")
+    paths = NightPaths(root, TAG)
+    NightInfo(tag=TAG, budget_s=600, per_run_s=3, agent="replay", base_commit="0" * 40).write(paths)
+    ledger = Ledger(paths)
+    for index, (hypothesis, train) in enumerate(IDEAS):
+        run_dir = paths.run_dir(run_id_for(TAG, index))
+        config = write_config(root / f"idea{index}.toml", small_cache, seed=index, **train)
+        result = run_train(config, run_dir, budget="3s")
+        assert result.returncode == 0, result.stderr
+        evaluate_run(run_dir, "val", max_samples=48)
+        (run_dir / reports.PROPOSAL_DIFF).write_text(f"-lr = 1e-3\n+lr = {train.get('lr', 1e-3)}\n")
+        record = make_record(paths, index, hypothesis, ledger.read())
+        ledger.append(record)
+        reports.render_run(paths, record)
+        reports.render_summary(paths)
+    crash = RunRecord(
+        run_id=run_id_for(TAG, 3),
+        index=3,
+        tag=TAG,
+        parent=ledger.read()[0].run_id,
+        commit="3333333abcdef",
+        hypothesis="width 48 does not divide into 5 heads",
+        status=RunStatus.CRASH,
+        reason="training exited with code 1",
+        error_tail=CRASH_TAIL,
+        timings=Timings(agent_s=1.0, train_s=0.5),
+    )
+    ledger.append(crash)
+    reports.render_run(paths, crash)
+    reports.render_summary(paths)
+    return paths
+
+
+def links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", markdown)
+
+
+def table_rows(markdown: str, header_start: str) -> list[list[str]]:
+    """Cells of the markdown table whose header row starts with `header_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def eval_json(paths: NightPaths, run_id: str) -> dict:
+    return json.loads((paths.run_dir(run_id) / "eval_val.json").read_text())
+
+
+def test_every_report_exists_and_its_links_resolve(night: NightPaths):
+    records = Ledger(night).read()
+    assert [r.run_id for r in records] == [run_id_for(TAG, i) for i in range(4)]
+    for record in records:
+        report = night.report(record.run_id)
+        assert report.exists()
+        targets = links(report.read_text())
+        for target in targets:
+            assert (report.parent / target).exists(), f"{report.name} links to missing {target}"
+        pngs = {t for t in targets if t.endswith(".png")}
+        if record.status == RunStatus.CRASH:
+            assert not any("-cf" in p or "-error" in p for p in pngs)
+        else:
+            assert {f"{record.run_id}-{kind}.png" for kind in ("cf", "error", "loss")} <= pngs
+    summary = night.summary.read_text()
+    assert "progress.png" in links(summary)
+    for target in links(summary):
+        assert (night.summary.parent / target).exists(), f"summary links to missing {target}"
+
+
+def test_report_tables_show_the_metrics_on_disk(night: NightPaths):
+    records = Ledger(night).read()
+    for record in records[1:3]:
+        metrics = eval_json(night, record.run_id)
+        parent = eval_json(night, record.parent)
+        rows = {row[0]: row for row in table_rows(night.report(record.run_id).read_text(), "| metric |")}
+        mse = rows["mse (target frame)"]
+        assert mse[1] == f"**{reports.fmt_number(metrics['mse'])}**"
+        assert mse[2] == reports.fmt_number(parent["mse"])
+        change = (metrics["mse"] - parent["mse"]) / parent["mse"]
+        assert mse[3].startswith(f"{change:+.1%}".replace("-", "−"))
+        assert mse[-1] == reports.fmt_number(metrics["copy_mse"])
+        assert rows["counterfactual accuracy"][1] == f"**{reports.fmt_number(metrics['cf_acc'])}**"
+        assert rows["counterfactual accuracy"][-1] == "0.333 (chance)"
+        assert record.reason in night.report(record.run_id).read_text()
+
+
+def test_leaderboard_is_ordered_by_val_mse(night: NightPaths):
+    records = Ledger(night).read()
+    mse = {r.run_id: eval_json(night, r.run_id)["mse"] for r in records if r.status != RunStatus.CRASH}
+    expected = sorted(mse, key=lambda run_id: mse[run_id])
+    rows = table_rows(night.summary.read_text(), "| # | run |")
+    shown = [re.search(r"\[([^\]]+)\]", row[1]).group(1) for row in rows]
+    assert shown == expected
+    assert [row[3] for row in rows] == [reports.fmt_number(mse[run_id]) for run_id in expected]
+    best = min((r for r in records if r.status == RunStatus.KEEP), key=lambda r: r.primary)
+    assert f"harness promote {best.run_id}" in night.summary.read_text()
+    assert [row for row in rows if "⭐" in row[1]][0][1].startswith(f"[{best.run_id}]")
+
+
+def test_results_tsv_mirrors_the_ledger(night: NightPaths):
+    lines = night.results_tsv.read_text().splitlines()
+    assert lines[0].split("\t") == ["run_id", "commit", "mse", "cf_acc", "status", "description"]
+    records = Ledger(night).read()
+    assert len(lines) == 1 + len(records)
+    for line, record in zip(lines[1:], records, strict=True):
+        cells = line.split("\t")
+        assert cells[0] == record.run_id and cells[4] == record.status.value
+        assert cells[1] == record.commit[:7]
+        if record.status == RunStatus.CRASH:
+            assert cells[2] == ""
+        else:
+            assert float(cells[2]) == pytest.approx(eval_json(night, record.run_id)["mse"], rel=1e-5)
+
+
+def test_crash_report_shows_the_error_instead_of_images(night: NightPaths):
+    text = night.report(run_id_for(TAG, 3)).read_text()
+    assert "## What went wrong" in text and "RuntimeError: mat1 and mat2 shapes" in text
+    assert "## Counterfactuals" not in text and "## Metrics" not in text
+    summary = night.summary.read_text()
+    assert "## Failures" in summary and run_id_for(TAG, 3) in summary
+
+
+def test_images_have_the_size_of_their_content(night: NightPaths):
+    run_id = run_id_for(TAG, 0)
+    examples = np.load(night.run_dir(run_id) / "cf_val.npz")
+    rows = len(examples["index"])
+    cf = cv2.imread(str(night.figure(run_id, "cf")))
+    error = cv2.imread(str(night.figure(run_id, "error")))
+    for image in (cf, error):
+        assert image is not None and image.shape[0] > rows * 120  # each row a readable canvas
+        assert image.shape[1] >= 400
+    assert cf.shape[1] > error.shape[1]  # 5 columns vs 4
+
+
+def test_counterfactual_grid_puts_each_action_in_its_column(tmp_path: Path):
+    """Known solid colors per column: truth orange, predictions yellow / cyan / magenta by action id."""
+    config = CanvasConfig(frame_width=16, frame_height=16, separator_width=4, motor_strip_height=4)
+    layout = config.layout
+    n = 3
+    colors = [(230, 230, 0), (0, 230, 230), (230, 0, 230)]
+    predictions = np.zeros((n, len(ACTION_NAMES), layout.height, config.frame_width, 3), np.uint8)
+    for a, color in enumerate(colors):
+        predictions[:, a] = color
+    examples = {
+        "index": np.arange(n),
+        "context": np.full((n, *layout.shape), 20, np.uint8),
+        "truth": np.full((n, layout.height, config.frame_width, 3), (200, 110, 40), np.uint8),
+        "predictions": predictions,
+        "true_action": np.array([0, 1, 2]),
+        "mse": np.zeros(n),
+        "hard": np.array([False, False, True]),
+    }
+    image = cv2.cvtColor(
+        cv2.imread(str(plots.counterfactual_grid(examples, config, tmp_path / "cf.png"))), cv2.COLOR_BGR2RGB
+    )
+    centers = []
+    for color in [(200, 110, 40), *colors]:
+        ys, xs = np.nonzero(np.all(np.abs(image.astype(int) - color) <= 6, axis=-1))
+        assert len(xs) > 300, f"color {color} missing"
+        centers.append(xs.mean())
+        # one block per row: the rows of this color form n separate vertical runs
+        runs = np.count_nonzero(np.diff(np.unique(ys)) > 1) + 1
+        assert runs == n
+    assert centers == sorted(centers)  # truth | stay | pan+ | pan-, left to right
+
+
+def test_feedback_for_the_agent(night: NightPaths):
+    records = Ledger(night).read()
+    kept = records[1]
+    text = reports.feedback(night, kept, records)
+    metrics = eval_json(night, kept.run_id)
+    assert f"Run {kept.run_id}: {kept.status.value}" in text
+    assert kept.reason in text
+    assert f"mse (target frame): {reports.fmt_number(metrics['mse'])}" in text
+    paths = re.findall(r"(reports/\S+\.png)", text)
+    assert len(paths) == 3 and all((night.root / p).exists() for p in paths)
+    crash = reports.feedback(night, records[3], records)
+    assert "RuntimeError: mat1 and mat2 shapes" in crash and "Images" not in crash
+
+
+def test_torn_last_line_is_dropped_and_cut_before_the_next_append(tmp_path: Path):
+    paths = NightPaths(tmp_path, "t")
+    ledger = Ledger(paths)
+    first = RunRecord(
+        run_id="t-000", index=0, tag="t", hypothesis="a", status=RunStatus.KEEP, metrics_val={"mse": 1.0}
+    )
+    ledger.append(first)
+    whole = RunRecord(
+        run_id="t-001", index=1, tag="t", hypothesis="b", status=RunStatus.DISCARD
+    ).model_dump_json()
+    with open(paths.ledger, "a") as f:
+        f.write(whole[: len(whole) // 2])  # a kill in the middle of the write
+    assert [r.run_id for r in ledger.read()] == ["t-000"]
+    ledger.append(RunRecord(run_id="t-001", index=1, tag="t", hypothesis="b again", status=RunStatus.CRASH))
+    assert [(r.run_id, r.hypothesis) for r in ledger.read()] == [("t-000", "a"), ("t-001", "b again")]
+    assert paths.ledger.read_text().count("\n") == 2
+    with pytest.raises(LedgerError, match="already in"):
+        ledger.append(first)
+
+
+def test_a_corrupt_line_in_the_middle_names_its_line(tmp_path: Path):
+    paths = NightPaths(tmp_path, "t")
+    paths.runs.mkdir(parents=True)
+    good = RunRecord(
+        run_id="t-000", index=0, tag="t", hypothesis="a", status=RunStatus.KEEP
+    ).model_dump_json()
+    paths.ledger.write_text(f"{good}\n{{not json\n{good}\n")
+    with pytest.raises(LedgerError, match=r"ledger.jsonl:2: not a run record"):
+        Ledger(paths).read()
+
+
+def synthetic_night(tmp_path: Path, test_gain: float) -> NightPaths:
+    """Baseline and one kept run 20% better on val; on test the kept run is `test_gain` better."""
+    paths = NightPaths(tmp_path, "flag")
+    ledger = Ledger(paths)
+    base = {"mse": 0.010, "cf_acc": 0.90}
+    best = {"mse": 0.008, "cf_acc": 0.91}
+    for index, (val, test) in enumerate(
+        [(base, base), (best, {"mse": 0.010 * (1 - test_gain), "cf_acc": 0.9})]
+    ):
+        status = RunStatus.KEEP
+        ledger.append(
+            RunRecord(
+                run_id=run_id_for("flag", index),
+                index=index,
+                tag="flag",
+                hypothesis=f"idea {index}",
+                status=status,
+                metrics_val=val,
+                metrics_test=test,
+            )
+        )
+    reports.render_summary(paths)
+    return paths
+
+
+def test_summary_flags_a_val_gain_that_does_not_carry_to_test(tmp_path: Path):
+    flagged = synthetic_night(tmp_path / "a", test_gain=0.02).summary.read_text()
+    assert "does not carry to test" in flagged
+    assert "lowers val mse by 20.0% vs the baseline" in flagged and "(test: −2.0%)" in flagged
+    carried = synthetic_night(tmp_path / "b", test_gain=0.18).summary.read_text()
+    assert "does not carry" not in carried and "(test: −18.0%)" in carried
+
+
+def test_summary_before_any_improvement_and_with_no_runs(tmp_path: Path):
+    paths = NightPaths(tmp_path, "quiet")
+    NightInfo(tag="quiet", budget_s=3600, per_run_s=300, agent="local").write(paths)
+    reports.render_summary(paths)
+    assert "No runs yet" in paths.summary.read_text()
+    ledger = Ledger(paths)
+    ledger.append(
+        RunRecord(
+            run_id="quiet-000",
+            index=0,
+            tag="quiet",
+            hypothesis="baseline",
+            status=RunStatus.KEEP,
+            metrics_val={"mse": 0.01, "cf_acc": 0.9},
+        )
+    )
+    ledger.append(
+        RunRecord(
+            run_id="quiet-001",
+            index=1,
+            tag="quiet",
+            hypothesis="worse",
+            status=RunStatus.DISCARD,
+            metrics_val={"mse": 0.02, "cf_acc": 0.9},
+        )
+    )
+    reports.render_summary(paths)
+    text = paths.summary.read_text()
+    assert "No run has beaten the baseline yet" in text and "harness promote quiet-000" in text
+
+
+def test_cli_report_summary_status(night: NightPaths):
+    root = night.root
+    run_id = run_id_for(TAG, 1)
+    night.report(run_id).unlink()
+    assert harness("report", run_id, "--root", root).returncode == 0
+    assert night.report(run_id).exists()
+    night.report(run_id).unlink()
+    assert harness("report", night.run_dir(run_id)).returncode == 0
+    assert night.report(run_id).exists()
+    night.summary.unlink()
+    assert harness("summary", "--root", root).returncode == 0
+    assert night.summary.exists()
+
+    RunningState(run_id=run_id_for(TAG, 4), phase="train", hypothesis="wider MLP").write(night)  # our own pid
+    try:
+        result = harness("status", "--root", root, "--tag", TAG)
+    finally:
+        night.current.unlink()
+    assert result.returncode == 0, result.stderr
+    head, _, best = result.stdout.partition("best:")
+    assert f"running now {run_id_for(TAG, 4)} · train" in head
+    board = [run for run in re.findall(rf"{TAG}-\d{{3}}", head) if run != run_id_for(TAG, 4)]
+    mse = {r.run_id: r.primary for r in Ledger(night).read() if r.primary is not None}
+    assert board == sorted(mse, key=mse.get)
+    kept = [r for r in Ledger(night).read() if r.status == RunStatus.KEEP]
+    assert f"harness promote {min(kept, key=lambda r: r.primary).run_id}" in best
+    assert "not running" in harness("status", "--root", root).stdout  # the file is gone, no loop is alive
+
+
+def test_cli_errors_are_one_line(night: NightPaths):
+    result = harness("report", "nope-007", "--root", night.root)
+    assert_one_line_error(result, "unknown run 'nope-007'", "known runs:", run_id_for(TAG, 0))
+    assert_one_line_error(harness("summary", "--tag", "other", "--root", night.root), f"nights: {TAG}")
+    assert_one_line_error(harness("status", "--root", night.root / "empty"), "no nights under")
