@@ -272,7 +272,7 @@ def progress_plot(
     improvements = sum(1 for i, *_ in kept if i != 0)
     ax.set_title(f"{len(points)} runs, {improvements} kept improvements over the baseline", fontsize=9)
     if points:
-        ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=5)
         ax.set_xlim(-0.5, max(i for i, *_ in points) + 1.5)
     fig.tight_layout()
     return save_figure(fig, out, dpi=110)

@@ -82,17 +82,17 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_change(new: float | None, old: float | None, spec: MetricSpec) -> str:
-    """A signed change, marked ✓ when better and ✗ when worse (by more than 0.5% / 0.005)."""
+    """A signed change, marked ✓ when better and ✗ when worse (by more than the metric's noise)."""
     if new is None or old is None:
         return "-"
     if spec.relative:
         change = relative_change(new, old)
         if change is None:
             return "-"
-        text, big = f"{change:+.1%}", abs(change) >= 0.005
     else:
         change = new - old
-        text, big = f"{change:+.3f}", abs(change) >= 0.005
+    text = f"{change:+.1%}" if spec.relative else f"{change:+.3f}"
+    big = abs(change) >= spec.noise
     text = text.replace("-", "−")
     if spec.higher_is_better is None or not big:
         return text
