@@ -105,6 +105,11 @@ def one_line(text: str | None, limit: int = 110) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def table_cell(text: str | None, limit: int = 110) -> str:
+    """Text safe inside a markdown table cell: one line, pipes escaped."""
+    return one_line(text, limit).replace("|", "\\|")
+
+
 def tail(text: str | None, lines: int = 30) -> str:
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
@@ -118,7 +123,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(num=fmt_number, duration=fmt_duration, one_line=one_line)
+    env.filters.update(num=fmt_number, duration=fmt_duration, one_line=one_line, cell=table_cell)
     return env
 
 

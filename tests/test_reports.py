@@ -60,7 +60,7 @@ def make_record(paths: NightPaths, index: int, hypothesis: str, records: list[Ru
         model_kind="dit",
         experiment="experiments/dit.toml",
         hypothesis=hypothesis,
-        diff_stat="1 file changed, 1 insertion(+), 1 deletion(-)",
+        diff_stat=" experiments/dit.toml | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)",
         status=RunStatus.KEEP if decision.keep else RunStatus.DISCARD,
         reason=decision.reason,
         metrics_val=metrics,
@@ -116,7 +116,7 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))])  # "\|" is text
     return rows
 
 
@@ -159,6 +159,11 @@ def test_report_tables_show_the_metrics_on_disk(night: NightPaths):
         assert rows["counterfactual accuracy"][1] == f"**{reports.fmt_number(metrics['cf_acc'])}**"
         assert rows["counterfactual accuracy"][-1] == "0.333 (chance)"
         assert record.reason in night.report(record.run_id).read_text()
+        changed = table_rows(night.report(record.run_id).read_text(), "| | |")[1]
+        assert changed == [
+            "changed",
+            r"experiments/dit.toml \| 2 +- 1 file changed, 1 insertion(+), 1 deletion(-)",
+        ]
 
 
 def test_leaderboard_is_ordered_by_val_mse(night: NightPaths):
