@@ -159,9 +159,8 @@ def test_report_tables_show_the_metrics_on_disk(night: NightPaths):
         assert rows["counterfactual accuracy"][1] == f"**{reports.fmt_number(metrics['cf_acc'])}**"
         assert rows["counterfactual accuracy"][-1] == "0.333 (chance)"
         assert record.reason in night.report(record.run_id).read_text()
-        changed = table_rows(night.report(record.run_id).read_text(), "| | |")[1]
-        assert changed == [
-            "changed",
+        header = {row[0]: row[1:] for row in table_rows(night.report(record.run_id).read_text(), "| | |")}
+        assert header["changed"] == [
             r"experiments/dit.toml \| 2 +- 1 file changed, 1 insertion(+), 1 deletion(-)",
         ]
 
