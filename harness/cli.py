@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from harness import data_cli, night_cli
+from harness import data_cli, night_cli, run_cli
 from models.errors import WorldloopError, describe_validation_error
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.command()(run_cli.run)
 app.command()(night_cli.report)
 app.command()(night_cli.summary)
 app.command()(night_cli.status)

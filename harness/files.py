@@ -1,9 +1,14 @@
-"""Writes that must survive a crash or a kill -9 at any moment: a reader sees the old file or the new one."""
+"""Writes that must survive a crash or a kill -9 at any moment: a reader sees the old file or the new one.
+
+Every text the harness writes goes through here, and through `redact` on the way: no secret reaches a file.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from harness.secrets import redact
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -12,7 +17,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(redact(text))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -32,7 +37,7 @@ def append_line(path: Path, line: str) -> None:
     drop_torn_tail(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line + "\n").encode("utf-8"))
+        os.write(fd, (redact(line) + "\n").encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -96,6 +96,7 @@ class RunRecord(BaseModel):
     metrics_test: Metrics | None = None
     timings: Timings = Field(default_factory=Timings)
     tokens: TokenUse = Field(default_factory=TokenUse)
+    agent_meta: dict = Field(default_factory=dict)  # what the agent wants back next time (e.g. its params)
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)

@@ -33,6 +33,7 @@ from models.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, build_model, 
 from models.config import ExperimentConfig, TrainConfig, load_config, parse_duration
 from models.data import load_split
 from models.errors import MissingCacheError, WorldloopError
+from models.vocab import NUM_ACTIONS
 from models.world_model import WorldModel, to_tensor
 
 EXIT_NAN = 3
@@ -212,6 +213,36 @@ def train(
     return result
 
 
+def smoke(config: ExperimentConfig, dataset: Path | None = None, device: torch.device | None = None) -> float:
+    """One optimizer step on one batch, then one `predict` call: the harness's check before a real run.
+
+    Catches what would crash in the first seconds of training or at evaluation (shape errors, a broken
+    `predict`) in a few seconds, without writing anything. Returns the loss of the step.
+    """
+    device = device or pick_device()
+    split = load_split(Path(dataset or config.data.dataset), config.canvas, "train", config.data.split())
+    if len(split) == 0:
+        raise WorldloopError("the train split has no canvases")
+    rows = np.arange(min(config.train.batch_size, len(split)))
+    batch = to_tensor(np.asarray(split.canvases[rows]), device)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    loss = model.loss(batch, torch.from_numpy(split.actions[rows]).to(device))
+    if not math.isfinite(loss.item()):
+        raise NonFiniteLoss(f"the first loss is {loss.item()}")
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    layout = config.canvas.layout
+    with torch.inference_mode():
+        context = batch[:1].clone()
+        prediction = model.predict(context, torch.arange(NUM_ACTIONS, device=device)[None], seed=0)
+    expected = (1, NUM_ACTIONS, 3, layout.height, config.canvas.frame_width)
+    if tuple(prediction.shape) != expected:
+        raise WorldloopError(f"predict returned shape {tuple(prediction.shape)}, expected {expected}")
+    return loss.item()
+
+
 @torch.no_grad()
 def validation_loss(
     model: WorldModel, root: Path, config: ExperimentConfig, device: torch.device
@@ -247,11 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="experiment TOML")
     parser.add_argument("--budget", default="5m", help="wall-clock training time, e.g. 90s, 5m, 1h")
-    parser.add_argument("--out", type=Path, required=True, help="run directory to write")
+    parser.add_argument("--out", type=Path, default=None, help="run directory to write (required to train)")
     parser.add_argument("--dataset", type=Path, default=None, help="override the config's data.dataset")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--smoke", action="store_true", help="one step and one predict call, write nothing")
     args = parser.parse_args(argv)
+    if args.out is None and not args.smoke:
+        parser.error("--out is required (or --smoke)")
     err = Console(stderr=True)
     try:
         budget = parse_duration(args.budget)
@@ -259,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     try:
         config = load_config(args.config)
+        if args.smoke:
+            loss = smoke(config, args.dataset, pick_device(args.device))
+            err.print(f"smoke step ok: loss {loss:.4f}, predict shape ok", highlight=False)
+            return
         result = train(config, budget, args.out, args.dataset, pick_device(args.device), not args.quiet)
     except NonFiniteLoss as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

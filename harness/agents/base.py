@@ -1,0 +1,102 @@
+"""What every agent gets and gives: `propose(AgentContext) -> Proposal`.
+
+An agent never touches git, the ledger or the budget. It reads the context (the rendered prompt, the night's
+history, a read-only view of the worktree) and returns a hypothesis plus file edits; the workspace decides
+whether the edits are allowed, applies them and commits them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.ledger import RunRecord, TokenUse
+from models.errors import WorldloopError
+
+
+class AgentError(WorldloopError):
+    """The agent could not produce a usable proposal (API failure after retries, malformed reply...)."""
+
+
+class AgentExhausted(AgentError):
+    """The agent has nothing more to propose (a replay file ran out): the night ends cleanly."""
+
+
+class FileEdit(BaseModel):
+    """One change to one file, relative to the project root (posix separators).
+
+    Either a whole-file write (`content`) or a search/replace block (`search` must occur exactly once in the
+    current file; `replace` takes its place). `delete` removes the file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1)
+    content: str | None = None
+    search: str | None = None
+    replace: str | None = None
+    delete: bool = False
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> FileEdit:
+        modes = [self.content is not None, self.search is not None, self.delete]
+        if sum(modes) != 1:
+            raise ValueError("an edit is exactly one of: content (whole file), search + replace, or delete")
+        if self.search is not None and self.replace is None:
+            raise ValueError("a search block needs its replace text (use an empty string to delete it)")
+        if self.search == "":
+            raise ValueError("search text must not be empty")
+        return self
+
+
+class Proposal(BaseModel):
+    """One idea to try: what and why, the edits, and which experiment config to train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hypothesis: str = Field(min_length=1, description="One sentence: what changes and what it should do.")
+    rationale: str = ""
+    edits: list[FileEdit] = Field(default_factory=list)
+    experiment: str | None = Field(
+        None, description="Experiment TOML to train, relative to the project (default: the night's own)."
+    )
+    tokens: TokenUse = Field(default_factory=TokenUse)
+    meta: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Agent-specific data kept in the ledger (e.g. the local agent's params).",
+    )
+
+
+@dataclass
+class AgentContext:
+    """What an agent sees before proposing run `run_id`."""
+
+    run_id: str
+    index: int
+    workspace: Path  # the worktree at the best commit: read files here, never write
+    run_dir: Path  # runs/<tag>/<run-id>/: the agent may keep its transcript here (never a secret)
+    prompt: str  # the rendered propose prompt: LOOP.md, leaderboard, last reports, failures
+    history: list[RunRecord]  # every finished run of the night, in order
+    experiment: str  # the default experiment config for this run, relative to the workspace
+    model_kinds: tuple[str, ...]  # kinds the night may train: ("dit",), ("gpt",) or ("dit", "gpt")
+    per_run_s: float
+    remaining_s: float
+    allowed: str  # the allowlist in words, for prompts and error messages
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent(ABC):
+    """Proposes one experiment at a time."""
+
+    name: str = "agent"
+    model: str | None = None  # the LLM behind it, when there is one
+
+    @abstractmethod
+    def propose(self, context: AgentContext) -> Proposal: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the agent holds (HTTP clients, subprocesses)."""

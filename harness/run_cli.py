@@ -1,0 +1,107 @@
+"""`harness run`: start (or resume) a night."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import typer
+
+from harness.agents import AGENTS, default_agent, make_agent
+from harness.ledger import LedgerError, NightInfo
+from harness.loop import Night, NightSettings
+from harness.paths import NightPaths
+from models.config import parse_duration
+from models.errors import WorldloopError
+
+REPLAY_OPTION = typer.Option(None, "--replay", help="proposals file for --agent replay")
+DATASET_OPTION = typer.Option(Path("data/sim"), "--dataset", help="LeRobot v3.0 dataset to train on")
+ROOT_OPTION = typer.Option(
+    Path("."), "--root", help="the project: a git repository with models/, experiments/"
+)
+
+KINDS = {"dit": ("dit",), "gpt": ("gpt",), "both": ("dit", "gpt")}
+
+
+def _seconds(text: str, option: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as err:
+        raise WorldloopError(f"{option}: {err}") from None
+    if value <= 0:
+        raise WorldloopError(f"{option} must be positive, got {text!r}")
+    return value
+
+
+def _new_tag(root: Path) -> str:
+    """Today's date; a second night on the same day gets -2, -3..."""
+    base = date.today().isoformat()
+    tag, n = base, 1
+    while NightPaths(root, tag).runs.exists():
+        n += 1
+        tag = f"{base}-{n}"
+    return tag
+
+
+def run(
+    budget: str = typer.Option("8h", help="the whole night, e.g. 8h, 90m; no run starts that cannot finish"),
+    per_run: str = typer.Option("5m", "--per-run", help="training time of each run"),
+    agent: str = typer.Option(
+        None, help=f"{' | '.join(AGENTS)} (default: anthropic with ANTHROPIC_API_KEY, else local)"
+    ),
+    model: str = typer.Option(None, "--model", help="the agent's LLM (anthropic, claude-code)"),
+    tag: str = typer.Option(None, "--tag", help="name of the night (default: today's date)"),
+    model_kind: str = typer.Option("dit", "--model-kind", help="dit | gpt | both"),
+    resume: str = typer.Option(None, "--resume", help="continue the night with this tag"),
+    max_runs: int = typer.Option(None, "--max-runs", help="stop after this many runs (baseline included)"),
+    replay: Path = REPLAY_OPTION,
+    dataset: Path = DATASET_OPTION,
+    grace: str = typer.Option(
+        None, "--grace", help="time past --per-run before a run is killed (default 30s + 10%)"
+    ),
+    eval_samples: int = typer.Option(512, "--eval-samples", help="val samples the judge scores"),
+    root: Path = ROOT_OPTION,
+) -> None:
+    """Run the overnight loop: propose, commit, train, judge, report, until the budget ends."""
+    root = root.resolve()
+    if resume:
+        info = NightInfo.read(NightPaths(root, resume))
+        if info is None:
+            raise LedgerError(f"nothing to resume: no night tagged {resume!r} under {root / 'runs'}")
+        settings = NightSettings(
+            root=root,
+            tag=resume,
+            budget_s=info.budget_s,
+            per_run_s=info.per_run_s,
+            dataset=Path(info.dataset or dataset),
+            model_kinds=tuple(info.model_kind.split("+")),
+            grace_s=_seconds(grace, "--grace") if grace else None,
+            max_runs=max_runs,
+            eval_samples=eval_samples,
+            resume=True,
+        )
+        agent_name, agent_model = agent or info.agent, model or info.agent_model
+    else:
+        if model_kind not in KINDS:
+            raise WorldloopError(f"--model-kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
+        settings = NightSettings(
+            root=root,
+            tag=tag or _new_tag(root),
+            budget_s=_seconds(budget, "--budget"),
+            per_run_s=_seconds(per_run, "--per-run"),
+            dataset=(root / dataset) if not dataset.is_absolute() else dataset,
+            model_kinds=KINDS[model_kind],
+            grace_s=_seconds(grace, "--grace") if grace else None,
+            max_runs=max_runs,
+            eval_samples=eval_samples,
+        )
+        agent_name, agent_model = agent or default_agent(), model
+    if not (settings.dataset / "meta" / "info.json").exists():
+        raise WorldloopError(
+            f"no dataset at {settings.dataset}: record one with `harness data synth --out {settings.dataset}`"
+        )
+    night_agent = make_agent(agent_name, agent_model, replay)
+    try:
+        Night(settings, night_agent).run()
+    finally:
+        night_agent.close()

@@ -1,0 +1,257 @@
+"""The night's git worktree: where proposals become commits, and the branch tip is always the best run.
+
+    runs/<tag>/worktree/              a git worktree of the project on branch harness/<tag>
+    refs/harness/<tag>/<run-id>       every discarded or crashed commit, so no diff is ever lost
+
+The user's checkout and branch are never touched: everything happens in the worktree, created from the
+commit that was HEAD when the night started (the night's base). Edits are allowed only under `models/` and
+`experiments/`, minus the judging and data code, and an experiment config may not change the task (its
+canvas and data sections must stay the base's).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import git
+
+from harness.agents.base import FileEdit, Proposal
+from models.errors import WorldloopError
+
+ALLOWED_DIRS = ("models", "experiments")
+PINNED_FILES = (
+    "models/__init__.py",  # imported before the judge
+    "models/evaluate.py",  # the judge
+    "models/data.py",  # splits, samples, the canvas cache
+    "models/canvas.py",  # what a sample looks like
+    "models/lerobot.py",  # reading the dataset
+    "models/episode.py",
+    "models/vocab.py",  # action ids and colors, how actions are derived
+    "experiments/space.toml",  # the offline agent's search space is the researcher's, not the agent's
+)
+"""Files under the allowed directories that decide how runs are judged: never edited by a proposal."""
+
+EDITABLE_SUFFIXES = (".py", ".toml", ".md", ".txt", ".json")
+"""What a proposal may write: text only; no binaries (a compiled module could shadow the judge)."""
+
+JUDGE_IMPORT = re.compile(
+    r"\bmodels\.evaluate\b|from\s+models\s+import\s+[^\n]*\bevaluate\b|import\s+evaluate\b"
+)
+"""Agent code that imports the judge could patch it at import time: such an edit is refused."""
+
+PINNED_SECTIONS = ("canvas", "data")
+"""Experiment-config sections that define the task: a proposal may not change them."""
+
+ALLOWED_TEXT = (
+    "files under models/ and experiments/, except "
+    + ", ".join(PINNED_FILES)
+    + "; experiment configs keep their [canvas] and [data] sections"
+)
+
+AUTHOR = git.Actor("worldloop harness", "harness@worldloop.invalid")
+
+
+class WorkspaceError(WorldloopError):
+    """Git state the harness cannot work with (not a repository, a dirty night branch...)."""
+
+
+class ProposalRejected(WorldloopError):
+    """A proposal that may not or cannot be applied; the message is fed back to the agent."""
+
+
+def check_path(path: str) -> str:
+    """The normalized project-relative path of an edit, or ProposalRejected saying why not."""
+    raw = path.replace("\\", "/").strip()
+    pure = PurePosixPath(raw)
+    if pure.is_absolute() or raw.startswith("~"):
+        raise ProposalRejected(f"{path}: absolute paths are not allowed; use a path relative to the project")
+    if any(part == ".." for part in pure.parts):
+        raise ProposalRejected(f"{path}: '..' is not allowed; edits stay inside the project")
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if not parts:
+        raise ProposalRejected(f"{path!r}: not a file path")
+    if ".git" in parts:
+        raise ProposalRejected(f"{path}: git internals are not editable")
+    normalized = "/".join(parts)
+    if parts[0] not in ALLOWED_DIRS or len(parts) < 2:
+        raise ProposalRejected(f"{normalized}: outside the allowlist ({ALLOWED_TEXT})")
+    stem = normalized.rsplit(".", 1)[0]
+    for pinned in PINNED_FILES:
+        pinned_stem = pinned.rsplit(".", 1)[0]
+        if normalized == pinned or stem == pinned_stem or normalized.startswith(pinned_stem + "/"):
+            raise ProposalRejected(f"{normalized}: pinned judging/data code; the allowlist is {ALLOWED_TEXT}")
+    if PurePosixPath(normalized).suffix not in EDITABLE_SUFFIXES:
+        raise ProposalRejected(f"{normalized}: only {', '.join(EDITABLE_SUFFIXES)} files may be written")
+    return normalized
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    diff: str
+    diff_stat: str
+
+
+class Workspace:
+    """The worktree of one night (`harness/<tag>`), and the git operations the loop needs."""
+
+    def __init__(self, project: Path, tag: str, path: Path) -> None:
+        self.project = Path(project)
+        self.tag = tag
+        self.path = Path(path)
+        self.repo = git.Repo(self.path)
+
+    @property
+    def branch(self) -> str:
+        return f"harness/{self.tag}"
+
+    @classmethod
+    def create(cls, project: Path, tag: str, path: Path) -> Workspace:
+        """A new worktree on a new branch `harness/<tag>` at the project's HEAD."""
+        main = _repo(project)
+        branch = f"harness/{tag}"
+        if branch in [h.name for h in main.heads]:
+            raise WorkspaceError(f"branch {branch} already exists: resume that night or pick another --tag")
+        if not main.head.is_valid():
+            raise WorkspaceError(f"{project} has no commits yet; commit the project first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        main.git.worktree("add", "-b", branch, str(path), "HEAD")
+        return cls(project, tag, path)
+
+    @classmethod
+    def open(cls, project: Path, tag: str, path: Path) -> Workspace:
+        """The worktree of an existing night; re-created from its branch if the directory was removed."""
+        main = _repo(project)
+        branch = f"harness/{tag}"
+        if branch not in [h.name for h in main.heads]:
+            raise WorkspaceError(f"no branch {branch} in {project}: the night {tag!r} was never started here")
+        if not (path / ".git").exists():
+            main.git.worktree("prune")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            main.git.worktree("add", str(path), branch)
+        return cls(project, tag, path)
+
+    # ------------------------------------------------------------------------------------ reading
+
+    @property
+    def head(self) -> str:
+        return self.repo.head.commit.hexsha
+
+    def read(self, path: str) -> str:
+        return (self.path / path).read_text()
+
+    # ----------------------------------------------------------------------------------- proposals
+
+    def apply(self, proposal: Proposal) -> list[str]:
+        """Check every edit against the allowlist, then write them; returns the paths changed.
+
+        Nothing is written unless every edit is allowed and applies (search text found exactly once).
+        """
+        writes: dict[str, str | None] = {}
+        for edit in proposal.edits:
+            path = check_path(edit.path)
+            current = writes[path] if path in writes else self._current(path)
+            writes[path] = _edited(path, current, edit)
+        if not writes:
+            raise ProposalRejected("the proposal changes no file")
+        for path, text in writes.items():
+            target = self.path / path
+            if text is None:
+                target.unlink(missing_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+        return sorted(writes)
+
+    def check(self, changed: list[str], base_commit: str | None = None) -> None:
+        """Changed Python compiles; changed experiment configs keep the base's task sections."""
+        for path in changed:
+            target = self.path / path
+            if not target.exists():
+                continue
+            if path.endswith(".py"):
+                source = target.read_text()
+                try:
+                    compile(source, path, "exec")
+                except (SyntaxError, ValueError) as err:
+                    raise ProposalRejected(f"{path} does not compile: {err}") from None
+                if JUDGE_IMPORT.search(source):
+                    raise ProposalRejected(f"{path} imports the judge (models.evaluate); model code may not")
+            elif path.endswith(".toml"):
+                self._check_toml(path, base_commit)
+
+    def _check_toml(self, path: str, base_commit: str | None) -> None:
+        try:
+            new = tomllib.loads(self.read(path))
+        except tomllib.TOMLDecodeError as err:
+            raise ProposalRejected(f"{path} is not valid TOML: {err}") from None
+        if base_commit is None or not path.startswith("experiments/"):
+            return
+        try:
+            old = tomllib.loads(self.repo.git.show(f"{base_commit}:{path}"))
+        except git.GitCommandError:
+            old = {}  # a new experiment file: its task sections must still be the defaults' (checked by use)
+        for section in PINNED_SECTIONS:
+            if old and new.get(section) != old.get(section):
+                raise ProposalRejected(
+                    f"{path}: the [{section}] section defines the task and must stay as in the base commit"
+                )
+
+    def commit(self, message: str) -> Commit:
+        """Commit everything changed under the allowed directories on the night's branch."""
+        self.repo.git.add("--all", "--", *ALLOWED_DIRS)
+        if not self.repo.is_dirty(index=True, working_tree=False):
+            raise ProposalRejected("the edits leave every file as it was: nothing to try")
+        parent = self.head
+        self.repo.index.commit(message, author=AUTHOR, committer=AUTHOR)
+        sha = self.head
+        diff = self.repo.git.diff(parent, sha)
+        stat = self.repo.git.diff("--stat", parent, sha)
+        return Commit(sha, diff, stat)
+
+    def diff_of_worktree(self) -> tuple[str, str]:
+        """(diff, stat) of uncommitted edits, so a rejected proposal's change is still on record."""
+        self.repo.git.add("--all", "--intent-to-add", "--", *ALLOWED_DIRS)
+        return self.repo.git.diff("HEAD"), self.repo.git.diff("--stat", "HEAD")
+
+    def set_aside(self, run_id: str, sha: str | None) -> None:
+        """Keep a tried commit reachable under refs/harness/<tag>/<run-id>."""
+        if sha:
+            self.repo.git.update_ref(f"refs/harness/{self.tag}/{run_id}", sha)
+
+    def reset(self, sha: str) -> None:
+        """Branch and files back to `sha` (the best commit); untracked files under the allowlist removed."""
+        self.repo.git.reset("--hard", sha)
+        self.repo.git.clean("-fdq", "--", *ALLOWED_DIRS)
+
+    def _current(self, path: str) -> str | None:
+        target = self.path / path
+        return target.read_text() if target.exists() else None
+
+
+def _edited(path: str, current: str | None, edit: FileEdit) -> str | None:
+    if edit.delete:
+        if current is None:
+            raise ProposalRejected(f"{path}: cannot delete a file that does not exist")
+        return None
+    if edit.content is not None:
+        return edit.content
+    if current is None:
+        raise ProposalRejected(f"{path}: no such file to search in (write it whole with `content`)")
+    count = current.count(edit.search)
+    if count != 1:
+        where = "not found" if count == 0 else f"found {count} times (make it unique)"
+        raise ProposalRejected(f"{path}: search text {where}")
+    return current.replace(edit.search, edit.replace or "", 1)
+
+
+def _repo(project: Path) -> git.Repo:
+    try:
+        return git.Repo(project)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise WorkspaceError(
+            f"{project} is not a git repository: the harness commits every proposal"
+        ) from None
