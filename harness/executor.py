@@ -43,6 +43,16 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me when the harness dies (Linux), so a kill -9 of the harness
+    leaves no orphan training behind to write into a run directory that --resume will reuse."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGTERM the process group, then SIGKILL what is left: no training outlives its timeout."""
     for sig, wait in ((signal.SIGTERM, KILL_WAIT_S), (signal.SIGKILL, None)):
@@ -86,6 +96,7 @@ class Executor:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # its own process group: a timeout kills every child too
+                preexec_fn=_die_with_parent,
             )
             try:
                 while True:

@@ -49,7 +49,7 @@ EXPERIMENTS = {"dit": "experiments/dit.toml", "gpt": "experiments/gpt.toml"}
 FEEDBACK_RUNS = 3  # latest runs shown to the agent in detail
 MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 
-DEFAULT_ESTIMATES = {"agent_s": 30.0, "smoke_s": 15.0, "startup_s": 20.0, "eval_s": 60.0, "overhead_s": 10.0}
+DEFAULT_ESTIMATES = {"smoke_s": 5.0, "startup_s": 10.0, "eval_s": 20.0, "overhead_s": 5.0}
 """Guesses for the first run's phases; after that the night uses what it measured."""
 
 
@@ -270,7 +270,7 @@ class Night:
         overhead = [r.timings.overhead_s for r in records]
         d = DEFAULT_ESTIMATES
         return (
-            (0.0 if not records else typical(agent, d["agent_s"]))
+            (0.0 if not records else typical(agent, self.agent.typical_s))
             + typical(overhead, d["overhead_s"] + d["smoke_s"])
             + self.s.per_run_s
             + typical(startup, d["startup_s"])

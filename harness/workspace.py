@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import git
 
 from harness.agents.base import FileEdit, Proposal
+from harness.secrets import redact
 from models.errors import WorldloopError
 
 ALLOWED_DIRS = ("models", "experiments")
@@ -206,7 +207,7 @@ class Workspace:
         if not self.repo.is_dirty(index=True, working_tree=False):
             raise ProposalRejected("the edits leave every file as it was: nothing to try")
         parent = self.head
-        self.repo.index.commit(message, author=AUTHOR, committer=AUTHOR)
+        self.repo.index.commit(redact(message), author=AUTHOR, committer=AUTHOR)
         sha = self.head
         diff = self.repo.git.diff(parent, sha)
         stat = self.repo.git.diff("--stat", parent, sha)

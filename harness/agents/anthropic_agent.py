@@ -336,6 +336,7 @@ class AnthropicAgent(Agent):
     """Claude through the official `anthropic` SDK. Needs ANTHROPIC_API_KEY; honors ANTHROPIC_BASE_URL."""
 
     name = "anthropic"
+    typical_s = 60.0
 
     def __init__(
         self,

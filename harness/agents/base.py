@@ -94,6 +94,7 @@ class Agent(ABC):
 
     name: str = "agent"
     model: str | None = None  # the LLM behind it, when there is one
+    typical_s: float = 30.0  # a guess at one proposal's time, for budgeting until the night has measured it
 
     @abstractmethod
     def propose(self, context: AgentContext) -> Proposal: ...

@@ -168,6 +168,7 @@ class ClaudeCodeAgent(Agent):
     """Runs `claude -p` in a scratch copy of models/ and experiments/ and proposes what it changed."""
 
     name = "claude-code"
+    typical_s = 180.0
 
     def __init__(
         self,

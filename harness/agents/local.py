@@ -575,6 +575,7 @@ class LocalAgent(Agent):
     """Proposes hyperparameter changes by TPE over the space file; offline, stateless, deterministic."""
 
     name = "local"
+    typical_s = 1.0
 
     def propose(self, context: AgentContext) -> Proposal:
         night = _Night.read(context)

@@ -21,6 +21,7 @@ class ReplayAgent(Agent):
     """Replays the proposals of a JSONL file in order; AgentExhausted once they are all used."""
 
     name = "replay"
+    typical_s = 0.1
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

@@ -1,0 +1,298 @@
+"""The overnight loop on a real git project: real commits, real training subprocesses, real judging.
+
+The project is a copy of this repository's `models/` with a tiny DiT config, and its baseline is made
+deliberately bad (no residual, a learning rate far too small to change a weight), so that "residual = true"
+(predict the last frame) is a certain improvement and turning it off again a certain regression. Predictions
+then do not depend on the action, so counterfactual accuracy is exactly chance for every run and its guard
+holds: keep and discard are decided by the real judge without depending on training noise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from harness.agents.base import FileEdit, Proposal
+from harness.agents.replay import ReplayAgent, write_replay
+from harness.ledger import Ledger, NightInfo, RunStatus
+from harness.loop import Night, NightSettings
+from harness.paths import NightPaths, run_id_for
+from tests.helpers import ROOT
+
+EXPERIMENT = "experiments/dit.toml"
+BASE_CONFIG = """# tiny DiT for the loop tests: a baseline that cannot learn in seconds
+[model]
+kind = "dit"
+patch = 8
+width = 32
+depth = 1
+heads = 2
+residual = false
+
+[canvas]
+frame_width = 32
+frame_height = 32
+
+[data]
+dataset = "data/sim"
+
+[train]
+lr = 1e-30
+warmup_steps = 0
+log_every_s = 0.5
+"""
+LOSS_LINE = "    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:\n"
+
+
+def make_project(root: Path) -> Path:
+    """A git repository holding what a night needs: models/, experiments/, LOOP.md, .gitignore."""
+    shutil.copytree(ROOT / "models", root / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "experiments").mkdir()
+    (root / EXPERIMENT).write_text(BASE_CONFIG)
+    shutil.copy(ROOT / "LOOP.md", root / "LOOP.md")
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
+    repo = git.Repo.init(root, initial_branch="main")
+    repo.git.add("--all")
+    actor = git.Actor("researcher", "researcher@example.com")
+    repo.index.commit("the project", author=actor, committer=actor)
+    return root
+
+
+def config_edit(search: str, replace: str) -> FileEdit:
+    return FileEdit(path=EXPERIMENT, search=search, replace=replace)
+
+
+def loss_edit(body: str) -> FileEdit:
+    """Code run at the top of DiT.loss: after the smoke step's single call, it misbehaves."""
+    injected = "        self.calls = getattr(self, 'calls', 0) + 1\n        if self.calls > 3:\n" + "".join(
+        f"            {line}\n" for line in body.splitlines()
+    )
+    return FileEdit(path="models/dit.py", search=LOSS_LINE, replace=LOSS_LINE + injected)
+
+
+PROPOSALS = [
+    Proposal(
+        hypothesis="residual prediction starts at the copy baseline",
+        edits=[config_edit("residual = false", "residual = true")],
+    ),
+    Proposal(
+        hypothesis="no residual again (worse)", edits=[config_edit("residual = true", "residual = false")]
+    ),
+    Proposal(
+        hypothesis="grade more kindly", edits=[FileEdit(path="models/evaluate.py", content="print('hi')\n")]
+    ),
+    Proposal(hypothesis="escape the project", edits=[FileEdit(path="../outside.py", content="x = 1\n")]),
+    Proposal(hypothesis="touch git", edits=[FileEdit(path=".git/config", content="")]),
+    Proposal(
+        hypothesis="a crash after the smoke step", edits=[loss_edit("raise RuntimeError('boom in training')")]
+    ),
+    Proposal(hypothesis="a learning rate that explodes", edits=[config_edit("lr = 1e-30", "lr = 1e30")]),
+    Proposal(hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]),
+]
+EXPECTED = ["keep", "keep", "discard", "rejected", "rejected", "rejected", "crash", "crash", "timeout"]
+
+
+@pytest.fixture(scope="module")
+def night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightPaths:
+    root = make_project(tmp_path_factory.mktemp("night"))
+    replay = write_replay(root.parent / "proposals.jsonl", PROPOSALS)
+    settings = NightSettings(
+        root=root,
+        tag="t",
+        budget_s=600,
+        per_run_s=2,
+        dataset=small_cache,
+        grace_s=12,
+        eval_samples=48,
+        max_runs=len(EXPECTED),
+    )
+    info = Night(settings, ReplayAgent(replay)).run()
+    assert info.end_reason == f"--max-runs {len(EXPECTED)} reached"
+    return NightPaths(root, "t")
+
+
+def test_every_proposal_gets_its_fate(night: NightPaths):
+    records = Ledger(night).read()
+    assert [r.status.value for r in records] == EXPECTED
+    assert [r.run_id for r in records] == [run_id_for("t", i) for i in range(len(EXPECTED))]
+    keep, discard = records[1], records[2]
+    assert keep.primary < records[0].primary * 0.99 and discard.primary > keep.primary
+    assert "models/evaluate.py: pinned" in records[3].reason
+    assert "'..' is not allowed" in records[4].reason
+    assert "git internals" in records[5].reason
+    assert "boom in training" in records[6].error_tail
+    assert "NaN" in records[7].reason
+    assert "hard timeout" in records[8].reason
+    for r in records:
+        assert night.report(r.run_id).exists()
+    summary = night.summary.read_text()
+    assert f"harness promote {keep.run_id}" in summary
+
+
+def test_keep_advances_the_branch_and_discard_leaves_a_ref(night: NightPaths):
+    repo = git.Repo(night.root)
+    records = Ledger(night).read()
+    keep = records[1]
+    assert repo.heads["harness/t"].commit.hexsha == keep.commit
+    assert "residual = true" in repo.git.show(f"{keep.commit}:{EXPERIMENT}")
+    for r in records[2:]:
+        ref = f"refs/harness/t/{r.run_id}"
+        if r.status in (RunStatus.DISCARD, RunStatus.CRASH, RunStatus.TIMEOUT):
+            assert repo.git.rev_parse(ref) == r.commit  # the tried commit stays reachable
+        else:
+            assert r.commit is None and not repo.git.for_each_ref(ref)  # rejected: never committed
+    assert repo.active_branch.name == "main"  # the user's checkout never moved
+    assert not repo.is_dirty(untracked_files=False)
+    assert "print('hi')" not in (night.root / "models/evaluate.py").read_text()
+    worktree = git.Repo(night.runs / "worktree")
+    assert worktree.head.commit.hexsha == keep.commit and not worktree.is_dirty(untracked_files=True)
+    assert not (night.root.parent / "outside.py").exists()
+
+
+def test_rejected_proposals_cost_no_training(night: NightPaths):
+    for r in Ledger(night).read()[3:6]:
+        assert r.timings.train_s == 0 and not (night.run_dir(r.run_id) / "train.log").exists()
+
+
+def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition, timeout_s: float = 240.0) -> None:
+    """Poll a state of the files (not a timing): fails only if it never comes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.2)
+
+
+def test_kill_9_then_resume_loses_nothing_and_counts_nothing_twice(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[0], PROPOSALS[1], PROPOSALS[0]])
+    args = [
+        "--root",
+        str(root),
+        "--tag",
+        "k",
+        "--budget",
+        "10m",
+        "--per-run",
+        "3s",
+        "--grace",
+        "15s",
+        "--agent",
+        "replay",
+        "--replay",
+        str(replay),
+        "--dataset",
+        str(small_cache),
+        "--eval-samples",
+        "32",
+    ]
+    paths = NightPaths(root, "k")
+    proc = run_harness(*args, "--max-runs", "4")
+
+    def training_run_two() -> bool:
+        state = paths.current.read_text() if paths.current.exists() else ""
+        return len(Ledger(paths).read()) == 2 and '"phase": "train"' in state
+
+    wait_for(training_run_two)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything it started
+    proc.wait()
+    assert len(Ledger(paths).read()) == 2
+    resumed = run_harness(
+        "--root", str(root), "--resume", "k", "--agent", "replay", "--replay", str(replay), "--max-runs", "4"
+    )
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    records = Ledger(paths).read()
+    assert [r.run_id for r in records] == [run_id_for("k", i) for i in range(4)]
+    assert [r.hypothesis for r in records[1:]] == [
+        p.hypothesis for p in (PROPOSALS[0], PROPOSALS[1], PROPOSALS[0])
+    ]
+    info = NightInfo.read(paths)
+    assert info.finished_at is not None and not paths.current.exists()
+    assert len(paths.results_tsv.read_text().splitlines()) == 1 + 4
+
+
+def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[1 - i % 2] for i in range(50)])
+    budget, grace = 45.0, 10.0
+    settings = NightSettings(
+        root=root, tag="b", budget_s=budget, per_run_s=2, dataset=small_cache, grace_s=grace, eval_samples=32
+    )
+    start = time.monotonic()
+    info = Night(settings, ReplayAgent(replay)).run()
+    elapsed = time.monotonic() - start
+    records = Ledger(NightPaths(root, "b")).read()
+    assert info.end_reason == "budget spent" and len(records) >= 2
+    assert sum(r.timings.total_s for r in records) <= budget + grace
+    assert elapsed <= budget + grace
+
+
+def test_the_api_key_reaches_no_file(small_cache: Path, tmp_path: Path):
+    canary = "sk-ant-canary-" + os.urandom(8).hex()
+    root = make_project(tmp_path / "project")
+    leak = "\n".join(
+        [
+            "import os",
+            "print(dict(os.environ))",
+            "raise RuntimeError(os.environ.get('ANTHROPIC_API_KEY', 'no key'))",
+        ]
+    )
+    proposals = [
+        Proposal(
+            hypothesis=f"leak {canary} in the hypothesis",
+            edits=[config_edit("residual = false", "residual = true")],
+        ),
+        Proposal(hypothesis="print the environment", edits=[loss_edit(leak)]),
+    ]
+    replay = write_replay(tmp_path / "p.jsonl", proposals)
+    proc = run_harness(
+        "--root",
+        str(root),
+        "--tag",
+        "s",
+        "--budget",
+        "10m",
+        "--per-run",
+        "2s",
+        "--agent",
+        "replay",
+        "--replay",
+        str(replay),
+        "--dataset",
+        str(small_cache),
+        "--eval-samples",
+        "32",
+        "--max-runs",
+        "3",
+        env={"ANTHROPIC_API_KEY": canary},
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    records = Ledger(NightPaths(root, "s")).read()
+    assert [r.status.value for r in records] == ["keep", "keep", "crash"]
+    assert "no key" in records[2].error_tail  # the training process never had the key
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
+    history = git.Repo(root).git.log("--all", "-p")
+    assert canary not in history and "[redacted]" in history
