@@ -478,8 +478,8 @@ class Night:
         )
         loop_file = self.workspace.path / LOOP_FILE
         loop_text = loop_file.read_text() if loop_file.exists() else ""
-        prompt = reports.render_template("propose.md.j2", loop=loop_text, s=state)
-        atomic_write_text(run_dir / "prompt.md", prompt)
+        prompt = reports.render_template("propose.md.j2", s=state)
+        atomic_write_text(run_dir / "prompt.md", f"{loop_text}\n\n{prompt}")
         return AgentContext(
             run_id=run.run_id,
             index=run.index,
@@ -492,6 +492,7 @@ class Night:
             per_run_s=self.s.per_run_s,
             remaining_s=max(0.0, self.remaining()),
             allowed=ALLOWED_TEXT,
+            rules=loop_text,
         )
 
     # ------------------------------------------------------------------------------------ progress

@@ -20,11 +20,13 @@ from pathlib import Path
 import git
 import pytest
 
+from harness.agents.anthropic_agent import AnthropicAgent
 from harness.agents.base import FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, write_replay
 from harness.ledger import Ledger, NightInfo, RunStatus
 from harness.loop import Night, NightSettings
 from harness.paths import NightPaths, run_id_for
+from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
 from tests.helpers import ROOT
 
 EXPERIMENT = "experiments/dit.toml"
@@ -296,3 +298,52 @@ def test_the_api_key_reaches_no_file(small_cache: Path, tmp_path: Path):
             assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
     history = git.Repo(root).git.log("--all", "-p")
     assert canary not in history and "[redacted]" in history
+
+
+def test_an_anthropic_night_against_the_fake_messages_api(
+    small_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Baseline, then one agent run whose proposal comes over HTTP after an overloaded (529) reply."""
+    canary = "sk-ant-canary-" + os.urandom(8).hex()
+    root = make_project(tmp_path / "project")
+    propose = tool_use_block(
+        "propose",
+        {
+            "hypothesis": "residual prediction starts at the copy baseline",
+            "edits": [{"path": EXPERIMENT, "search": "residual = false", "replace": "residual = true"}],
+        },
+    )
+    with FakeMessagesAPI() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+        api.enqueue(
+            message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0)),
+            overloaded(),
+            message([propose], usage_=usage(300, 120, 0, 3000)),
+        )
+        settings = NightSettings(
+            root=root,
+            tag="a",
+            budget_s=600,
+            per_run_s=2,
+            dataset=small_cache,
+            grace_s=12,
+            eval_samples=32,
+            max_runs=2,
+        )
+        agent = AnthropicAgent(model="claude-sonnet-5-5", max_retries=2)
+        Night(settings, agent).run()
+        requests = api.message_requests()
+    records = Ledger(NightPaths(root, "a")).read()
+    assert [r.status.value for r in records] == ["keep", "keep"]
+    run = records[1]
+    assert run.tokens.input_tokens == 2300 and run.tokens.output_tokens == 170 and run.tokens.cost_usd > 0
+    assert len(requests) == 3  # the 529 was retried
+    system = requests[0]["system"]
+    assert "LOOP.md" in system[0]["text"] and system[0]["cache_control"] == {"type": "ephemeral"}
+    assert "# The night so far" in requests[0]["messages"][0]["content"][0]["text"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
+    summary = (root / "reports/summary.md").read_text()
+    assert f"**${run.tokens.cost_usd:.2f}**" in summary  # the night's API cost, at a glance

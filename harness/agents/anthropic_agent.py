@@ -297,7 +297,8 @@ STOPS_THAT_END = {
 def system_text(context: AgentContext) -> str:
     """Fixed instructions plus what stays the same all night, so the block is a stable cache prefix."""
     kinds = ", ".join(context.model_kinds) or "any"
-    return f"{INSTRUCTIONS}\n\nFiles you may edit: {context.allowed}\nModel kinds this night trains: {kinds}"
+    text = f"{INSTRUCTIONS}\n\nFiles you may edit: {context.allowed}\nModel kinds this night trains: {kinds}"
+    return f"{text}\n\n{context.rules}" if context.rules else text
 
 
 class Transcript:

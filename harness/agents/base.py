@@ -79,13 +79,14 @@ class AgentContext:
     index: int
     workspace: Path  # the worktree at the best commit: read files here, never write
     run_dir: Path  # runs/<tag>/<run-id>/: the agent may keep its transcript here (never a secret)
-    prompt: str  # the rendered propose prompt: LOOP.md, leaderboard, last reports, failures
+    prompt: str  # the night so far (prompts/propose.md.j2): leaderboard, last reports, failures, best config
     history: list[RunRecord]  # every finished run of the night, in order
     experiment: str  # the default experiment config for this run, relative to the workspace
     model_kinds: tuple[str, ...]  # kinds the night may train: ("dit",), ("gpt",) or ("dit", "gpt")
     per_run_s: float
     remaining_s: float
     allowed: str  # the allowlist in words, for prompts and error messages
+    rules: str = ""  # LOOP.md: the same all night, so an LLM agent can cache it across runs
     extra: dict[str, Any] = field(default_factory=dict)
 
 

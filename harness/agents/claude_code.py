@@ -64,7 +64,8 @@ then a short rationale."""
 
 
 def build_prompt(context: AgentContext) -> str:
-    return context.prompt + WORK_RULES.format(allowed=context.allowed, experiment=context.experiment)
+    rules = f"{context.rules}\n\n" if context.rules else ""
+    return rules + context.prompt + WORK_RULES.format(allowed=context.allowed, experiment=context.experiment)
 
 
 def _ignored(rel: PurePosixPath) -> bool:
