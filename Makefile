@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-DEMO_BUDGET ?= 2m
+DEMO_BUDGET ?= 20m
+DEMO_PER_RUN ?= 2m
 
 # The demo dataset is recorded once; delete $(DATA) to record it again.
 $(DATA)/meta/info.json: | setup
@@ -28,8 +29,7 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness data info $(DATA)
 	$(VENV)/bin/harness data build $(DATA) --config experiments/dit.toml
 	$(VENV)/bin/harness data show $(DATA) --split val --out reports/demo-canvases.png
-	$(VENV)/bin/harness train --config experiments/dit.toml --dataset $(DATA) --budget $(DEMO_BUDGET) --out runs/demo-dit
-	$(VENV)/bin/harness eval runs/demo-dit --split val --dataset $(DATA)
+	$(VENV)/bin/harness run --budget $(DEMO_BUDGET) --per-run $(DEMO_PER_RUN) --agent local --dataset $(DATA)
 
 test: setup
 	$(PY) -m pytest -q

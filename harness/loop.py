@@ -189,6 +189,11 @@ class Night:
             if existing is not None or paths.ledger.exists():
                 raise LedgerError(f"night {s.tag!r} exists already: continue it with --resume {s.tag}")
             self.workspace = Workspace.create(paths.root, s.tag, worktree)
+            if self.workspace.uncommitted_in_project():
+                self.console.print(
+                    "[yellow]note:[/yellow] uncommitted changes under models/ or experiments/ are not "
+                    "part of the night: it starts from the last commit"
+                )
             self.info = NightInfo(
                 tag=s.tag,
                 budget_s=s.budget_s,

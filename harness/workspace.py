@@ -135,6 +135,11 @@ class Workspace:
             main.git.worktree("add", str(path), branch)
         return cls(project, tag, path)
 
+    def uncommitted_in_project(self) -> bool:
+        """Does the user's checkout have changes the night will not see (it starts from HEAD)?"""
+        main = _repo(self.project)
+        return bool(main.git.status("--porcelain", "--", *ALLOWED_DIRS).strip())
+
     # ------------------------------------------------------------------------------------ reading
 
     @property

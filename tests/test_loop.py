@@ -27,7 +27,7 @@ from harness.ledger import Ledger, NightInfo, RunStatus
 from harness.loop import Night, NightSettings
 from harness.paths import NightPaths, run_id_for
 from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_one_line_error, harness
 
 EXPERIMENT = "experiments/dit.toml"
 BASE_CONFIG = """# tiny DiT for the loop tests: a baseline that cannot learn in seconds
@@ -347,3 +347,22 @@ def test_an_anthropic_night_against_the_fake_messages_api(
             assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
     summary = (root / "reports/summary.md").read_text()
     assert f"**${run.tokens.cost_usd:.2f}**" in summary  # the night's API cost, at a glance
+
+
+def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    common = ["run", "--root", root, "--per-run", "2s", "--budget", "1m"]
+    assert_one_line_error(
+        harness(*common, "--dataset", tmp_path / "none"), "no dataset at", "harness data synth"
+    )
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--per-run", "soon"), "--per-run", "duration"
+    )
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--agent", "oracle"), "unknown agent 'oracle'"
+    )
+    assert_one_line_error(harness(*common, "--dataset", small_cache, "--model-kind", "rnn"), "--model-kind")
+    assert_one_line_error(harness("run", "--root", root, "--resume", "never"), "nothing to resume", "'never'")
+    not_git = tmp_path / "plain"
+    shutil.copytree(root / "models", not_git / "models")
+    assert_one_line_error(harness("run", "--root", not_git, "--dataset", small_cache), "not a git repository")
