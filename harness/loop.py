@@ -172,7 +172,8 @@ class Night:
         self.executor: Executor | None = None
         self.deadline = 0.0
         self.agent_failures = 0
-        self._status = None
+        self._status = None  # the live line of a terminal, while a subprocess runs
+        self._label = ""
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -210,7 +211,7 @@ class Night:
         self._restore(records)
         used = sum(r.timings.total_s for r in records)
         self.deadline = time.monotonic() + max(0.0, self.info.budget_s - used)
-        self.executor = Executor(self.workspace.path, s.dataset)
+        self.executor = Executor(self.workspace.path, s.dataset, on_tick=self._tick)
         for kind in s.model_kinds:
             task = task_config(self.workspace.path / EXPERIMENTS[kind])
             build_cache(s.dataset, task.canvas, task.data.split())
@@ -241,7 +242,8 @@ class Night:
                     break
                 if not self._fits(records):
                     break
-                self._one_run(records)
+                with self._spinner():
+                    self._one_run(records)
         except NightEnded as end:
             reason = str(end)
         except KeyboardInterrupt:
@@ -510,6 +512,26 @@ class Night:
             self.console.print(
                 f"  {run.run_id} · {phase}"
                 + (f" · {reports.one_line(hypothesis, 90)}" if phase == "validate" else "")
+            )
+
+    @contextmanager
+    def _spinner(self) -> Iterator[None]:
+        """A live line under the log while a subprocess runs (terminals only: logs stay clean)."""
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status("") as status:
+            self._status = status
+            try:
+                yield
+            finally:
+                self._status = None
+
+    def _tick(self, what: str, elapsed: float) -> None:
+        if self._status is not None:
+            left = reports.fmt_duration(max(0.0, self.remaining()))
+            self._status.update(
+                f"{self._label} · {what} {reports.fmt_duration(elapsed)} · {left} of the night left"
             )
 
     def _announce(self, run: RunOutcome, best: RunRecord | None) -> None:

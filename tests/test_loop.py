@@ -102,20 +102,17 @@ PROPOSALS = [
 EXPECTED = ["keep", "keep", "discard", "rejected", "rejected", "rejected", "crash", "crash", "timeout"]
 
 
+def tiny_night(root: Path, tag: str, dataset: Path, **overrides: object) -> NightSettings:
+    """Night settings for seconds-long runs on the tiny config."""
+    fields = {"budget_s": 600, "per_run_s": 2, "grace_s": 12, "eval_samples": 32, **overrides}
+    return NightSettings(root=root, tag=tag, dataset=dataset, **fields)
+
+
 @pytest.fixture(scope="module")
 def night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightPaths:
     root = make_project(tmp_path_factory.mktemp("night"))
     replay = write_replay(root.parent / "proposals.jsonl", PROPOSALS)
-    settings = NightSettings(
-        root=root,
-        tag="t",
-        budget_s=600,
-        per_run_s=2,
-        dataset=small_cache,
-        grace_s=12,
-        eval_samples=48,
-        max_runs=len(EXPECTED),
-    )
+    settings = tiny_night(root, "t", small_cache, eval_samples=48, max_runs=len(EXPECTED))
     info = Night(settings, ReplayAgent(replay)).run()
     assert info.end_reason == f"--max-runs {len(EXPECTED)} reached"
     return NightPaths(root, "t")
@@ -237,9 +234,7 @@ def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[1 - i % 2] for i in range(50)])
     budget, grace = 45.0, 10.0
-    settings = NightSettings(
-        root=root, tag="b", budget_s=budget, per_run_s=2, dataset=small_cache, grace_s=grace, eval_samples=32
-    )
+    settings = tiny_night(root, "b", small_cache, budget_s=budget, grace_s=grace)
     start = time.monotonic()
     info = Night(settings, ReplayAgent(replay)).run()
     elapsed = time.monotonic() - start
@@ -321,16 +316,7 @@ def test_an_anthropic_night_against_the_fake_messages_api(
             overloaded(),
             message([propose], usage_=usage(300, 120, 0, 3000)),
         )
-        settings = NightSettings(
-            root=root,
-            tag="a",
-            budget_s=600,
-            per_run_s=2,
-            dataset=small_cache,
-            grace_s=12,
-            eval_samples=32,
-            max_runs=2,
-        )
+        settings = tiny_night(root, "a", small_cache, max_runs=2)
         agent = AnthropicAgent(model="claude-sonnet-5-5", max_retries=2)
         Night(settings, agent).run()
         requests = api.message_requests()
