@@ -505,9 +505,9 @@ class Night:
     # ------------------------------------------------------------------------------------ progress
 
     def _phase(self, run: RunOutcome, phase: str, hypothesis: str) -> None:
-        RunningState(run_id=run.run_id, phase=phase, hypothesis=hypothesis, started_at=run.started_at).write(
-            self.paths
-        )
+        state = RunningState(run_id=run.run_id, phase=phase, hypothesis=hypothesis, started_at=run.started_at)
+        state.write(self.paths)
+        self._label = run.run_id
         if phase != "report":
             self.console.print(
                 f"  {run.run_id} · {phase}"
