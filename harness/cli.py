@@ -5,14 +5,10 @@ User errors (a bad dataset, a bad config) end in one red line and a non-zero exi
 
 from __future__ import annotations
 
-import sys
-
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from harness import data_cli, night_cli, run_cli
-from models.errors import WorldloopError, describe_validation_error
+from harness import data_cli, night_cli, promote_cli, run_cli
+from models.errors import run_command
 
 app = typer.Typer(
     help="worldloop: overnight world-model research on an SO-101 arm.",
@@ -25,6 +21,7 @@ app.command()(run_cli.run)
 app.command()(night_cli.report)
 app.command()(night_cli.summary)
 app.command()(night_cli.status)
+app.command(name="promote")(promote_cli.promote_command)
 
 
 @app.command(
@@ -49,24 +46,9 @@ def evaluate(ctx: typer.Context) -> None:
     evaluate_main(ctx.args or ["--help"])
 
 
-err_console = Console(stderr=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `harness` script: run the app, turning user errors into one line."""
-    try:
-        app(args=argv, prog_name="harness")
-    except ValidationError as err:
-        err_console.print(
-            f"[red]error:[/red] {describe_validation_error(err)}", highlight=False, soft_wrap=True
-        )
-        sys.exit(2)
-    except WorldloopError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
+    run_command(lambda: app(args=argv, prog_name="harness"))
 
 
 if __name__ == "__main__":

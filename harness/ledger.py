@@ -12,7 +12,7 @@ import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -96,7 +96,7 @@ class RunRecord(BaseModel):
     metrics_test: Metrics | None = None
     timings: Timings = Field(default_factory=Timings)
     tokens: TokenUse = Field(default_factory=TokenUse)
-    agent_meta: dict = Field(default_factory=dict)  # what the agent wants back next time (e.g. its params)
+    agent_meta: dict[str, Any] = Field(default_factory=dict)  # what the agent wants back (e.g. its params)
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)

@@ -244,6 +244,12 @@ class Night:
                     break
                 with self._spinner():
                     self._one_run(records)
+                if not records:  # that was the baseline: every later run is judged against it
+                    baseline = self.ledger.read()[0]
+                    if baseline.status != RunStatus.KEEP:
+                        raise NightEnded(
+                            f"the baseline run failed ({baseline.reason}); fix it before a night"
+                        )
         except NightEnded as end:
             reason = str(end)
         except KeyboardInterrupt:
@@ -260,6 +266,8 @@ class Night:
         self.info.write(self.paths)
         summary = reports.render_summary(self.paths)
         self.console.print(f"[bold]night {self.s.tag} ended:[/bold] {reason}. Summary: {summary}")
+        if not finished:
+            self.console.print(f"continue it with `harness run --resume {self.s.tag}`")
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

@@ -5,6 +5,11 @@ Everything that goes wrong because of *input* (a dataset, a config, a checkpoint
 exit non-zero; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 
 class WorldloopError(Exception):
     """Base class for user-facing errors: the message is shown as is, without a traceback."""
@@ -29,3 +34,25 @@ def describe_validation_error(err: object, source: str = "config") -> str:
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         problems.append(f"{where}: {item['msg']}")
     return f"bad {source}: " + "; ".join(problems)
+
+
+def run_command(entry: Callable[[], object]) -> None:
+    """Run a command-line entry point: a user error ends in one red line and a non-zero exit, no traceback.
+
+    Exit codes: 2 for invalid values (pydantic), 1 for other user errors, 130 for Ctrl-C.
+    """
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    try:
+        entry()
+    except ValidationError as error:
+        err.print(f"[red]error:[/red] {describe_validation_error(error)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except WorldloopError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)

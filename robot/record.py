@@ -17,10 +17,76 @@ import numpy as np
 
 from models.episode import Episode
 from models.lerobot import LeRobotWriter
-from robot.sim import SimArm, SimConfig, record_episode
+from models.vocab import JOINT_NAMES, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
+from robot.sim import Observation, SimArm, SimConfig
 
 Progress = Callable[[int, int], None]
 """Called with (episodes written, episodes total)."""
+
+
+def random_action(rng: np.random.Generator, goal: float, limit: float) -> int:
+    """Uniform over the actions, except that a move into a limit the goal already sits at turns around.
+
+    Without this a random walk spends long stretches pressed against a limit, where `pan+`/`pan-` would look
+    exactly like `stay`.
+    """
+    action = int(rng.integers(NUM_ACTIONS))
+    if action == PAN_PLUS and goal >= limit - 1e-3:
+        return PAN_MINUS
+    if action == PAN_MINUS and goal <= -limit + 1e-3:
+        return PAN_PLUS
+    return action
+
+
+def record_actions(
+    arm,
+    observation: Observation,
+    num_actions: int,
+    rng: np.random.Generator,
+    frames_per_action: int,
+    fps: float,
+    pan_limit: float,
+    meta: dict | None = None,
+) -> Episode:
+    """Drive any arm (SimArm, SO101Arm) with `num_actions` random discrete actions from `observation`.
+
+    Frame t holds the observation, the goal right after the action was given, and the action held from t to
+    t + 1: each action is given, then `frames_per_action` observations are taken while it holds.
+    """
+    total = num_actions * frames_per_action
+    frames = {name: np.empty((total, *f.shape), np.uint8) for name, f in observation.frames.items()}
+    state = np.empty((total, len(JOINT_NAMES)), np.float32)
+    commanded = np.empty_like(state)
+    actions = np.empty(num_actions, np.int64)
+    for k in range(num_actions):
+        actions[k] = random_action(rng, float(arm.commanded[0]), pan_limit)
+        arm.act(int(actions[k]))
+        for t in range(k * frames_per_action, (k + 1) * frames_per_action):
+            for name, frame in observation.frames.items():
+                frames[name][t] = frame
+            state[t] = observation.state
+            commanded[t] = arm.commanded
+            observation = arm.observe()
+    return Episode(
+        frames=frames,
+        state=state,
+        action=commanded,
+        discrete_action=np.repeat(actions, frames_per_action),
+        fps=fps,
+        meta={**(meta or {}), "actions": actions.tolist()},
+    )
+
+
+def record_episode(arm: SimArm, num_actions: int, rng: np.random.Generator, seed: int) -> Episode:
+    """Reset the simulated `arm` with `seed` and record `num_actions` random actions.
+
+    `rng` chooses the actions and `seed` the scene, so the same pair gives a bit-identical episode.
+    """
+    observation = arm.reset(seed)
+    cfg = arm.config
+    return record_actions(
+        arm, observation, num_actions, rng, arm.frames_per_action, cfg.fps, cfg.pan_limit, {"sim": arm.scene}
+    )
 
 
 def episode_seed(seed: int, index: int) -> int:

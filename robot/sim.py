@@ -27,8 +27,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.episode import Episode
-from models.vocab import ACTION_NAMES, JOINT_NAMES, NUM_ACTIONS, PAN_MINUS, PAN_PLUS, STAY
+from models.vocab import ACTION_NAMES, JOINT_NAMES, PAN_MINUS, PAN_PLUS, STAY
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),
@@ -709,56 +708,3 @@ class SimArm:
             return image
         noise = _gaussian_table(sigma)[self._rng.integers(0, 1 << 16, image.shape, dtype=np.uint16)]
         return cv2.add(image, noise, dtype=cv2.CV_8U)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Recording
-
-
-def _random_action(rng: np.random.Generator, goal: float, limit: float) -> int:
-    """Uniform over the actions, except that a move into a limit the goal already sits at turns around.
-
-    Without this a random walk spends long stretches pressed against a limit, where `pan+`/`pan-` would look
-    exactly like `stay`.
-    """
-    action = int(rng.integers(NUM_ACTIONS))
-    if action == PAN_PLUS and goal >= limit - 1e-3:
-        return PAN_MINUS
-    if action == PAN_MINUS and goal <= -limit + 1e-3:
-        return PAN_PLUS
-    return action
-
-
-def record_episode(arm: SimArm, num_actions: int, rng: np.random.Generator, seed: int) -> Episode:
-    """Reset `arm` with `seed`, record `num_actions` random discrete actions, `frames_per_action` frames each.
-
-    Frame t holds the observation, the goal right after the action was given, and the action held from t to
-    t + 1. `rng` chooses the actions and `seed` the scene, so the same pair gives a bit-identical episode.
-    """
-    fpa = arm.frames_per_action
-    total = num_actions * fpa
-    cfg = arm.config
-    frames = {name: np.empty((total, cfg.frame_height, cfg.frame_width, 3), np.uint8) for name in cfg.cameras}
-    state = np.empty((total, len(arm.joint_names)), np.float32)
-    commanded = np.empty_like(state)
-    actions = np.empty(num_actions, np.int64)
-
-    obs = arm.reset(seed)
-    for k in range(num_actions):
-        actions[k] = _random_action(rng, float(arm.commanded[0]), cfg.pan_limit)
-        arm.act(int(actions[k]))
-        for t in range(k * fpa, (k + 1) * fpa):
-            for name, frame in obs.frames.items():
-                frames[name][t] = frame
-            state[t] = obs.state
-            commanded[t] = arm.commanded
-            obs = arm.observe()
-
-    return Episode(
-        frames=frames,
-        state=state,
-        action=commanded,
-        discrete_action=np.repeat(actions, fpa),
-        fps=cfg.fps,
-        meta={"sim": arm.scene, "actions": actions.tolist()},
-    )

@@ -1,10 +1,7 @@
 """The overnight loop on a real git project: real commits, real training subprocesses, real judging.
 
-The project is a copy of this repository's `models/` with a tiny DiT config, and its baseline is made
-deliberately bad (no residual, a learning rate far too small to change a weight), so that "residual = true"
-(predict the last frame) is a certain improvement and turning it off again a certain regression. Predictions
-then do not depend on the action, so counterfactual accuracy is exactly chance for every run and its guard
-holds: keep and discard are decided by the real judge without depending on training noise.
+The project (tests/night_project.py) is a copy of this repository's `models/` with a tiny DiT config whose
+baseline is bad on purpose, so keep and discard are certain outcomes of the real judge.
 """
 
 from __future__ import annotations
@@ -24,52 +21,13 @@ from harness.agents.anthropic_agent import AnthropicAgent
 from harness.agents.base import FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, write_replay
 from harness.ledger import Ledger, NightInfo, RunStatus
-from harness.loop import Night, NightSettings
+from harness.loop import Night
 from harness.paths import NightPaths, run_id_for
 from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
 from tests.helpers import ROOT, assert_one_line_error, harness
+from tests.night_project import BASE_CONFIG, EXPERIMENT, commit_all, config_edit, make_project, tiny_night
 
-EXPERIMENT = "experiments/dit.toml"
-BASE_CONFIG = """# tiny DiT for the loop tests: a baseline that cannot learn in seconds
-[model]
-kind = "dit"
-patch = 8
-width = 32
-depth = 1
-heads = 2
-residual = false
-
-[canvas]
-frame_width = 32
-frame_height = 32
-
-[data]
-dataset = "data/sim"
-
-[train]
-lr = 1e-30
-warmup_steps = 0
-log_every_s = 0.5
-"""
 LOSS_LINE = "    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:\n"
-
-
-def make_project(root: Path) -> Path:
-    """A git repository holding what a night needs: models/, experiments/, LOOP.md, .gitignore."""
-    shutil.copytree(ROOT / "models", root / "models", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "experiments").mkdir()
-    (root / EXPERIMENT).write_text(BASE_CONFIG)
-    shutil.copy(ROOT / "LOOP.md", root / "LOOP.md")
-    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
-    repo = git.Repo.init(root, initial_branch="main")
-    repo.git.add("--all")
-    actor = git.Actor("researcher", "researcher@example.com")
-    repo.index.commit("the project", author=actor, committer=actor)
-    return root
-
-
-def config_edit(search: str, replace: str) -> FileEdit:
-    return FileEdit(path=EXPERIMENT, search=search, replace=replace)
 
 
 def loss_edit(body: str) -> FileEdit:
@@ -100,12 +58,6 @@ PROPOSALS = [
     Proposal(hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]),
 ]
 EXPECTED = ["keep", "keep", "discard", "rejected", "rejected", "rejected", "crash", "crash", "timeout"]
-
-
-def tiny_night(root: Path, tag: str, dataset: Path, **overrides: object) -> NightSettings:
-    """Night settings for seconds-long runs on the tiny config."""
-    fields = {"budget_s": 600, "per_run_s": 2, "grace_s": 12, "eval_samples": 32, **overrides}
-    return NightSettings(root=root, tag=tag, dataset=dataset, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +304,53 @@ def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
     not_git = tmp_path / "plain"
     shutil.copytree(root / "models", not_git / "models")
     assert_one_line_error(harness("run", "--root", not_git, "--dataset", small_cache), "not a git repository")
+
+
+def test_a_failing_baseline_ends_the_night_with_the_reason(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    (root / EXPERIMENT).write_text(BASE_CONFIG.replace("heads = 2", "heads = 3"))  # 32 is not divisible by 3
+    commit_all(root, "a broken baseline")
+    info = Night(
+        tiny_night(root, "f", small_cache), ReplayAgent(write_replay(tmp_path / "p.jsonl", []))
+    ).run()
+    records = Ledger(NightPaths(root, "f")).read()
+    assert [r.status.value for r in records] == ["rejected"] and "smoke step failed" in records[0].reason
+    assert info.end_reason.startswith("the baseline run failed (smoke step failed")
+    assert "did not produce an evaluation" in (root / "reports/summary.md").read_text()
+
+
+def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[0]])
+    args = [
+        "--root",
+        str(root),
+        "--tag",
+        "c",
+        "--budget",
+        "10m",
+        "--per-run",
+        "30s",
+        "--grace",
+        "15s",
+        "--agent",
+        "replay",
+        "--replay",
+        str(replay),
+        "--dataset",
+        str(small_cache),
+        "--eval-samples",
+        "32",
+    ]
+    paths = NightPaths(root, "c")
+    proc = run_harness(*args)
+    wait_for(lambda: paths.current.exists() and '"phase": "train"' in paths.current.read_text())
+    proc.send_signal(signal.SIGINT)  # the harness only, as a terminal's Ctrl-C reaches it
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "continue it with `harness run --resume c`" in out
+    info = NightInfo.read(paths)
+    assert info.end_reason == "interrupted (Ctrl-C)" and info.finished_at is None
+    assert Ledger(paths).read() == [] and not paths.current.exists()
+    training = subprocess.run(["pgrep", "-f", str(paths.run_dir("c-000"))], capture_output=True, text=True)
+    assert training.stdout.strip() == ""  # the training it had started is gone

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from models.episode import Episode
 from models.vocab import JOINT_NAMES, PAN_MINUS, PAN_PLUS, STAY
-from robot.sim import PALETTE, SimArm, SimConfig, _random_action, record_episode
+from robot.record import random_action, record_episode
+from robot.sim import PALETTE, SimArm, SimConfig
 
 
 def quiet(**overrides) -> SimConfig:
@@ -260,9 +261,9 @@ def test_record_episode_shapes_actions_and_determinism():
 
 def test_random_actions_turn_around_at_a_limit():
     rng = np.random.default_rng(0)
-    at_top = {_random_action(rng, 63.6, 63.6) for _ in range(200)}
-    at_bottom = {_random_action(rng, -63.6, 63.6) for _ in range(200)}
-    in_between = {_random_action(rng, 0.0, 63.6) for _ in range(200)}
+    at_top = {random_action(rng, 63.6, 63.6) for _ in range(200)}
+    at_bottom = {random_action(rng, -63.6, 63.6) for _ in range(200)}
+    in_between = {random_action(rng, 0.0, 63.6) for _ in range(200)}
     assert at_top == {STAY, PAN_MINUS} and at_bottom == {STAY, PAN_PLUS}
     assert in_between == {STAY, PAN_PLUS, PAN_MINUS}
 

@@ -67,7 +67,7 @@ class Proposal(BaseModel):
     tokens: TokenUse = Field(default_factory=TokenUse)
     meta: dict[str, Any] = Field(
         default_factory=dict,
-        description="Agent-specific data kept in the ledger (e.g. the local agent's params).",
+        description="Agent data kept in the ledger, JSON-serializable (e.g. the local agent's params).",
     )
 
 

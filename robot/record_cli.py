@@ -1,0 +1,150 @@
+"""`robot-record`: drive the arm (or the simulator) with random discrete actions and record a LeRobot v3.0
+dataset with the same writer as `harness data synth`, so real recordings go straight into a night.
+
+    robot-record --sim --episodes 50 --out data/sim50
+    robot-record --port /dev/ttyACM0 --calibration so101.json --camera 0 --base-camera 1 \\
+        --episodes 10 --out data/real
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from models.errors import WorldloopError, run_command
+from models.lerobot import LeRobotWriter
+from robot.record import episode_seed, record_actions, record_sim_dataset
+from robot.sim import SimConfig
+
+console = Console()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+OUT_OPTION = typer.Option(..., "--out", help="dataset directory to write")
+CALIBRATION_OPTION = typer.Option(None, "--calibration", help="LeRobot calibration JSON of the arm")
+
+
+@app.command()
+def record(
+    out: Path = OUT_OPTION,
+    sim: bool = typer.Option(False, "--sim", help="record the simulator"),
+    port: str = typer.Option(None, help="serial port of the arm's bus, e.g. /dev/ttyACM0"),
+    calibration: Path = CALIBRATION_OPTION,
+    camera: str = typer.Option("0", help="wrist camera (OpenCV index or device)"),
+    base_camera: str = typer.Option(None, "--base-camera", help="base camera (optional)"),
+    episodes: int = typer.Option(10, min=1),
+    actions_per_episode: int = typer.Option(30, "--actions-per-episode", min=1),
+    seed: int = typer.Option(0, help="chooses the actions (and, in sim, the scenes)"),
+    fps: int = typer.Option(30, help="camera frames per second"),
+    action_duration: float = typer.Option(0.5, "--action-duration", help="seconds each action is held"),
+    frame_size: int = typer.Option(64, "--frame-size", help="frames are stored at this width and height"),
+    pan_step: float = typer.Option(4.8, "--pan-step", help="normalized units one pan action moves"),
+    pan_limit: float = typer.Option(63.6, "--pan-limit", help="+- normalized limit of the pan goal"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="real arm: log commands, move nothing"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset at --out"),
+) -> None:
+    """Record random discrete actions as a LeRobot v3.0 dataset."""
+    if sim:
+        config = SimConfig(
+            fps=fps,
+            action_duration=action_duration,
+            frame_width=frame_size,
+            frame_height=frame_size,
+            pan_step=pan_step,
+            pan_limit=pan_limit,
+        )
+        with Progress(console=console) as progress:
+            task = progress.add_task("recording", total=episodes)
+            record_sim_dataset(
+                out,
+                episodes,
+                actions_per_episode,
+                seed,
+                config,
+                overwrite,
+                progress=lambda done, _: progress.update(task, completed=done),
+            )
+    elif port:
+        _record_arm(
+            out,
+            port,
+            calibration,
+            camera,
+            base_camera,
+            episodes,
+            actions_per_episode,
+            seed,
+            fps,
+            action_duration,
+            frame_size,
+            pan_step,
+            pan_limit,
+            dry_run,
+            overwrite,
+        )
+    else:
+        raise WorldloopError("say what to record: --sim, or --port for the real arm")
+    console.print(f"[green]recorded[/green] {episodes} episodes to {out}")
+
+
+def _record_arm(
+    out,
+    port,
+    calibration,
+    camera,
+    base_camera,
+    episodes,
+    actions,
+    seed,
+    fps,
+    action_duration,
+    frame_size,
+    pan_step,
+    pan_limit,
+    dry_run,
+    overwrite,
+) -> None:
+    from robot.camera import Camera
+    from robot.so101 import SO101Arm
+
+    if calibration is None:
+        raise WorldloopError(
+            "the real arm needs --calibration (the LeRobot calibration JSON of the follower)"
+        )
+    frames_per_action = round(action_duration * fps)
+    if frames_per_action < 1:
+        raise WorldloopError("--action-duration x --fps must be at least one frame")
+    sources = {"wrist": camera, **({"base": base_camera} if base_camera is not None else {})}
+    with ExitStack() as stack:
+        cameras = {
+            name: stack.enter_context(Camera(src, frame_size, frame_size, fps))
+            for name, src in sources.items()
+        }
+        arm = stack.enter_context(
+            SO101Arm(
+                port, calibration, dry_run=dry_run, cameras=cameras, pan_step=pan_step, pan_limit=pan_limit
+            )
+        )
+        shapes = {name: (frame_size, frame_size) for name in cameras}
+        writer = stack.enter_context(LeRobotWriter(Path(out), fps=fps, cameras=shapes, overwrite=overwrite))
+        with Progress(console=console) as progress:
+            task = progress.add_task("recording", total=episodes)
+            for index in range(episodes):
+                rng = np.random.default_rng(episode_seed(seed, index))
+                episode = record_actions(
+                    arm, arm.observe(), actions, rng, frames_per_action, fps, pan_limit, {"port": port}
+                )
+                writer.add_episode(episode)
+                progress.update(task, completed=index + 1)
+
+
+def main() -> None:
+    run_command(lambda: app(prog_name="robot-record"))
+
+
+if __name__ == "__main__":
+    main()
