@@ -350,3 +350,16 @@ def test_a_malformed_space_names_the_file_and_the_entry(workspace: Path, text: s
 def test_an_unquoted_dotted_key_means_the_same(workspace: Path):
     write_space(workspace, "[dit]\ntrain.lr = { low = 2e-4, high = 4e-3, log = true }\n")
     assert set(LocalAgent().propose(context(workspace, [baseline()])).meta["params"]) == {"train.lr"}
+
+
+def test_one_idea_per_run_changes_at_most_max_changes_keys(workspace: Path):
+    """The project's space changes at most 2 keys per run; `max_changes = 0` lets every key move."""
+    assert "max_changes = 2" in (workspace / "experiments/space.toml").read_text()
+    for index in range(1, 7):
+        meta = LocalAgent().propose(context(workspace, [baseline()], index)).meta
+        changed = [k for k, v in meta["params"].items() if v != meta["base"][k]]
+        assert 1 <= len(changed) <= 2, changed
+    text = (workspace / "experiments/space.toml").read_text().replace("max_changes = 2", "max_changes = 0")
+    write_space(workspace, text)
+    meta = LocalAgent().propose(context(workspace, [baseline()], 1)).meta
+    assert sum(v != meta["base"][k] for k, v in meta["params"].items()) > 2

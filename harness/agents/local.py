@@ -56,6 +56,12 @@ class AgentSettings(BaseModel):
     seed: int = Field(0, ge=0, description="Mixed with the run index to seed each proposal's sampler.")
     n_startup_trials: int = Field(8, ge=0, description="Finished runs before TPE replaces random sampling.")
     max_resamples: int = Field(50, ge=1, description="Samples to try before giving up on a valid config.")
+    max_changes: int = Field(
+        0,
+        ge=0,
+        description="Keys a proposal may change from the best config (0: all). Few changes per run follow "
+        "LOOP.md's one idea per run: fifteen changes at once teach nothing when the run loses.",
+    )
 
 
 class _Range(BaseModel):
@@ -580,7 +586,8 @@ class LocalAgent(Agent):
     def propose(self, context: AgentContext) -> Proposal:
         night = _Night.read(context)
         with _quiet_optuna():
-            sample = self._sample(self._study(night, context), night)
+            seed = proposal_seed(night.space.settings.seed, context.index)
+            sample = self._sample(self._study(night, context), night, seed)
         experiment = night.experiments[sample.kind]
         base = experiment.values(night.space.params(sample.kind))
         changed = {k: v for k, v in sample.params.items() if v != base[k]}
@@ -608,10 +615,11 @@ class LocalAgent(Agent):
         seed = proposal_seed(night.space.settings.seed, context.index)
         return _build_study(night.points, night.space, night.kinds, seed)
 
-    def _sample(self, study: optuna.Study, night: _Night) -> _Sample:
+    def _sample(self, study: optuna.Study, night: _Night, seed: int = 0) -> _Sample:
         """Ask until a sample builds a valid config that is neither the current one nor one already run."""
         space, kinds = night.space, night.kinds
         random = len(night.points) < space.settings.n_startup_trials  # TPE counts judged + pruned trials
+        rng = np.random.default_rng(seed)
         problems: list[str] = []
         for _ in range(space.settings.max_resamples):
             trial = study.ask()
@@ -621,6 +629,7 @@ class LocalAgent(Agent):
                 p.key: _tidy(_suggest(trial, _param_name(kind, p.key), p.distribution), p.distribution)
                 for p in space.params(kind)
             }
+            params = _focused(params, experiment.values(space.params(kind)), space.settings.max_changes, rng)
             config, problem = experiment.build(params)
             if problem is None and params == experiment.values(space.params(kind)):
                 problem = "same as the current config"
@@ -676,6 +685,20 @@ class LocalAgent(Agent):
             if far:
                 parts.append(f"Exploring: {', '.join(far)} away from them.")
         return " ".join(p for p in parts if p)
+
+
+def _focused(
+    params: dict[str, Any], current: dict[str, Any], max_changes: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """`params` with at most `max_changes` of its differences from `current` kept (0: all), chosen at random.
+
+    The study then records what really ran, so TPE learns from the configs that were trained.
+    """
+    differ = [k for k in params if params[k] != current.get(k)]
+    if max_changes == 0 or len(differ) <= max_changes:
+        return params
+    keep = set(rng.choice(differ, size=max_changes, replace=False).tolist())
+    return {k: (v if k in keep else current[k]) for k, v in params.items()}
 
 
 def _near(distribution: BaseDistribution, a: Any, b: Any) -> bool:
