@@ -49,7 +49,7 @@ EXPERIMENTS = {"dit": "experiments/dit.toml", "gpt": "experiments/gpt.toml"}
 FEEDBACK_RUNS = 3  # latest runs shown to the agent in detail
 MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 
-DEFAULT_ESTIMATES = {"smoke_s": 5.0, "startup_s": 10.0, "eval_s": 20.0, "overhead_s": 5.0}
+DEFAULT_ESTIMATES = {"smoke_s": 5.0, "startup_s": 10.0, "overhead_s": 5.0}
 """Guesses for the first run's phases; after that the night uses what it measured."""
 
 
@@ -289,7 +289,7 @@ class Night:
             + typical(overhead, d["overhead_s"] + d["smoke_s"])
             + self.s.per_run_s
             + typical(startup, d["startup_s"])
-            + typical(eval_s, d["eval_s"])
+            + typical(eval_s, 5.0 + 0.03 * self.s.eval_samples)  # about 20 s for the judge's 512 samples
         )
 
     def _fits(self, records: list[RunRecord]) -> bool:

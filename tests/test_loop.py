@@ -185,13 +185,13 @@ def test_kill_9_then_resume_loses_nothing_and_counts_nothing_twice(small_cache: 
 def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[1 - i % 2] for i in range(50)])
-    budget, grace = 45.0, 10.0
+    budget, grace = 30.0, 10.0
     settings = tiny_night(root, "b", small_cache, budget_s=budget, grace_s=grace)
     start = time.monotonic()
     info = Night(settings, ReplayAgent(replay)).run()
     elapsed = time.monotonic() - start
     records = Ledger(NightPaths(root, "b")).read()
-    assert info.end_reason == "budget spent" and len(records) >= 2
+    assert info.end_reason == "budget spent" and len(records) >= 1
     assert sum(r.timings.total_s for r in records) <= budget + grace
     assert elapsed <= budget + grace
 
