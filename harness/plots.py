@@ -235,10 +235,14 @@ def progress_plot(
     judged = [(i, v, s, label) for i, v, s, label in points if v is not None]
     failed = [i for i, v, _, _ in points if v is None]
     kept = [(i, v, label) for i, v, s, label in judged if s == "keep"]
-    discarded = [(i, v) for i, v, s, _ in judged if s != "keep"]
-    if discarded:
-        ax.scatter(*zip(*discarded, strict=True), s=18, color="0.72", label="discarded", zorder=2)
     baseline = next((v for i, v, _, _ in judged if i == 0), None)
+    # A run that blew up (10x the baseline) would flatten every improvement into one line: the axis stops
+    # at twice the baseline and such runs sit on its top edge as arrows.
+    ceiling = 2.0 * baseline if baseline is not None and baseline > 0 else None
+    shown = [(i, v) for i, v, s, _ in judged if s != "keep" and (ceiling is None or v <= ceiling)]
+    above = [i for i, v, s, _ in judged if s != "keep" and ceiling is not None and v > ceiling]
+    if shown:
+        ax.scatter(*zip(*shown, strict=True), s=18, color="0.72", label="discarded", zorder=2)
     if baseline is not None:
         ax.axhline(baseline, color="0.4", linestyle="--", linewidth=0.8, label="baseline")
     if kept:
@@ -254,6 +258,20 @@ def progress_plot(
             ax.annotate(
                 text, (x, y), xytext=(4, 6), textcoords="offset points", fontsize=6.5, rotation=20, zorder=4
             )
+    if ceiling is not None:
+        low = min(v for _, v, _, _ in judged if v <= ceiling)
+        ax.set_ylim(low - 0.05 * (ceiling - low), ceiling)
+    if above:  # on the top edge (x in data, y in axes units), off the scale
+        ax.scatter(
+            above,
+            [0.98] * len(above),
+            transform=ax.get_xaxis_transform(),
+            marker="^",
+            color="0.6",
+            s=26,
+            label=f"discarded, above {ceiling:.3g}",
+            zorder=3,
+        )
     if failed:  # on the bottom edge (x in data, y in axes units): they have no value to plot
         ax.scatter(
             failed,
@@ -262,7 +280,7 @@ def progress_plot(
             marker="x",
             color="#c62828",
             s=26,
-            label="crashed / rejected",
+            label="crashed / timed out / rejected",
             zorder=3,
         )
     ax.set_xlabel("run", fontsize=8)
