@@ -43,12 +43,12 @@ def _print_list(root: Path) -> None:
         console.print("nothing promoted yet: `harness promote <run-id>`")
         return
     table = Table(title="promoted models")
-    for column in ("run", "aliases", "val mse", "test mse", "cf_acc", "commit", "promoted"):
-        table.add_column(column, no_wrap=True)
+    for column in ("run", "aliases", "val mse", "test mse", "cf_acc", "commit"):
+        table.add_column(column)
     for p in promoted:
         m = p.manifest
         if "error" in m:
-            table.add_row(p.run_id, ", ".join(p.aliases), f"[red]{m['error']}[/red]", "", "", "", "")
+            table.add_row(p.run_id, ", ".join(p.aliases), f"[red]{m['error']}[/red]", "", "", "")
             continue
         val, test = m["metrics"].get("val") or {}, m["metrics"].get("test") or {}
         table.add_row(
@@ -58,6 +58,5 @@ def _print_list(root: Path) -> None:
             fmt_number(test.get("mse")),
             fmt_number(val.get("cf_acc"), 3),
             str(m.get("commit", ""))[:7],
-            str(m.get("promoted_at", ""))[:10],
         )
     console.print(table)
