@@ -9,6 +9,7 @@ dataset with the same writer as `harness data synth`, so real recordings go stra
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,74 +70,87 @@ def record(
                 progress=lambda done, _: progress.update(task, completed=done),
             )
     elif port:
-        _record_arm(
-            out,
+        arm = ArmSetup(
             port,
             calibration,
             camera,
             base_camera,
-            episodes,
-            actions_per_episode,
-            seed,
             fps,
             action_duration,
             frame_size,
             pan_step,
             pan_limit,
             dry_run,
-            overwrite,
         )
+        _record_arm(arm, out, episodes, actions_per_episode, seed, overwrite)
     else:
         raise WorldloopError("say what to record: --sim, or --port for the real arm")
     console.print(f"[green]recorded[/green] {episodes} episodes to {out}")
 
 
-def _record_arm(
-    out,
-    port,
-    calibration,
-    camera,
-    base_camera,
-    episodes,
-    actions,
-    seed,
-    fps,
-    action_duration,
-    frame_size,
-    pan_step,
-    pan_limit,
-    dry_run,
-    overwrite,
-) -> None:
+@dataclass
+class ArmSetup:
+    """How to reach the real arm and its cameras, and how to drive it."""
+
+    port: str
+    calibration: Path | None
+    camera: str
+    base_camera: str | None
+    fps: int
+    action_duration: float
+    frame_size: int
+    pan_step: float
+    pan_limit: float
+    dry_run: bool
+
+
+def _record_arm(setup: ArmSetup, out: Path, episodes: int, actions: int, seed: int, overwrite: bool) -> None:
     from robot.camera import Camera
     from robot.so101 import SO101Arm
 
-    if calibration is None:
+    if setup.calibration is None:
         raise WorldloopError(
             "the real arm needs --calibration (the LeRobot calibration JSON of the follower)"
         )
-    frames_per_action = round(action_duration * fps)
+    frames_per_action = round(setup.action_duration * setup.fps)
     if frames_per_action < 1:
         raise WorldloopError("--action-duration x --fps must be at least one frame")
-    sources = {"wrist": camera, **({"base": base_camera} if base_camera is not None else {})}
+    sources = {"wrist": setup.camera}
+    if setup.base_camera is not None:
+        sources["base"] = setup.base_camera
+    size = setup.frame_size
     with ExitStack() as stack:
         cameras = {
-            name: stack.enter_context(Camera(src, frame_size, frame_size, fps))
-            for name, src in sources.items()
+            name: stack.enter_context(Camera(src, size, size, setup.fps)) for name, src in sources.items()
         }
         arm = stack.enter_context(
             SO101Arm(
-                port, calibration, dry_run=dry_run, cameras=cameras, pan_step=pan_step, pan_limit=pan_limit
+                setup.port,
+                setup.calibration,
+                dry_run=setup.dry_run,
+                cameras=cameras,
+                pan_step=setup.pan_step,
+                pan_limit=setup.pan_limit,
             )
         )
-        shapes = {name: (frame_size, frame_size) for name in cameras}
-        writer = stack.enter_context(LeRobotWriter(Path(out), fps=fps, cameras=shapes, overwrite=overwrite))
+        shapes = {name: (size, size) for name in cameras}
+        writer = stack.enter_context(
+            LeRobotWriter(Path(out), fps=setup.fps, cameras=shapes, overwrite=overwrite)
+        )
         with Progress(console=console) as progress:
             task = progress.add_task("recording", total=episodes)
             for index in range(episodes):
                 rng = np.random.default_rng(episode_seed(seed, index))
+                observation = arm.observe()
                 episode = record_actions(
-                    arm, arm.observe(), actions, rng, frames_per_action, fps, pan_limit, {"port": port}
+                    arm,
+                    observation,
+                    actions,
+                    rng,
+                    frames_per_action,
+                    setup.fps,
+                    setup.pan_limit,
+                    {"port": setup.port},
                 )
                 writer.add_episode(episode)
                 progress.update(task, completed=index + 1)

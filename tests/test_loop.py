@@ -125,6 +125,14 @@ def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
+def replay_night_args(root: Path, tag: str, replay: Path, dataset: Path, per_run: str) -> list[str]:
+    """`harness run` arguments of a replay night on the tiny project."""
+    return [
+        *("--root", str(root), "--tag", tag, "--budget", "10m", "--per-run", per_run, "--grace", "15s"),
+        *("--agent", "replay", "--replay", str(replay), "--dataset", str(dataset), "--eval-samples", "32"),
+    ]
+
+
 def wait_for(condition, timeout_s: float = 240.0) -> None:
     """Poll a state of the files (not a timing): fails only if it never comes."""
     deadline = time.monotonic() + timeout_s
@@ -136,26 +144,7 @@ def wait_for(condition, timeout_s: float = 240.0) -> None:
 def test_kill_9_then_resume_loses_nothing_and_counts_nothing_twice(small_cache: Path, tmp_path: Path):
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[0], PROPOSALS[1], PROPOSALS[0]])
-    args = [
-        "--root",
-        str(root),
-        "--tag",
-        "k",
-        "--budget",
-        "10m",
-        "--per-run",
-        "3s",
-        "--grace",
-        "15s",
-        "--agent",
-        "replay",
-        "--replay",
-        str(replay),
-        "--dataset",
-        str(small_cache),
-        "--eval-samples",
-        "32",
-    ]
+    args = replay_night_args(root, "k", replay, small_cache, per_run="3s")
     paths = NightPaths(root, "k")
     proc = run_harness(*args, "--max-runs", "4")
 
@@ -322,26 +311,7 @@ def test_a_failing_baseline_ends_the_night_with_the_reason(small_cache: Path, tm
 def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: Path):
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[0]])
-    args = [
-        "--root",
-        str(root),
-        "--tag",
-        "c",
-        "--budget",
-        "10m",
-        "--per-run",
-        "30s",
-        "--grace",
-        "15s",
-        "--agent",
-        "replay",
-        "--replay",
-        str(replay),
-        "--dataset",
-        str(small_cache),
-        "--eval-samples",
-        "32",
-    ]
+    args = replay_night_args(root, "c", replay, small_cache, per_run="30s")
     paths = NightPaths(root, "c")
     proc = run_harness(*args)
     wait_for(lambda: paths.current.exists() and '"phase": "train"' in paths.current.read_text())
