@@ -21,7 +21,7 @@ from harness.agents import make_agent
 from harness.ledger import Ledger, RunStatus, Timings, baseline_run, best_run
 from harness.loop import Night, NightSettings
 from harness.paths import NightPaths
-from harness.reports import test_metrics
+from harness.reports import metrics_on_test
 from models.config import parse_duration
 
 NAME = "night"
@@ -56,7 +56,7 @@ def main() -> None:
     overhead = wall - t.agent_s - t.train_s - t.eval_s
     base, best = baseline_run(records), best_run(records)
     gain = 1 - best.primary / base.primary
-    base_test, best_test = test_metrics(paths, base), test_metrics(paths, best)
+    base_test, best_test = metrics_on_test(paths, base), metrics_on_test(paths, best)
     test_gain = 1 - best_test["mse"] / base_test["mse"] if base_test and best_test else None
     counts = {s.value: sum(r.status == s for r in records) for s in RunStatus}
     rows = [

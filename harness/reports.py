@@ -275,7 +275,7 @@ class Comparison:
     gain: float | None  # relative drop of the primary metric (positive = better)
 
 
-def test_metrics(paths: NightPaths, record: RunRecord) -> Metrics | None:
+def metrics_on_test(paths: NightPaths, record: RunRecord) -> Metrics | None:
     """A run's test metrics: from its record, else from `eval_test.json` in its run directory."""
     return record.metrics_test or load_metrics(paths.run_dir(record.run_id) / "eval_test.json")
 
@@ -369,7 +369,7 @@ def night_view(paths: NightPaths) -> NightView:
     carries = None
     if best is not None and baseline is not None and baseline.primary is not None and best is not baseline:
         val = _compare("val", baseline.metrics_val, best.metrics_val)
-        base_test, best_test = test_metrics(paths, baseline), test_metrics(paths, best)
+        base_test, best_test = metrics_on_test(paths, baseline), metrics_on_test(paths, best)
         test_missing = [r.run_id for r, m in ((baseline, base_test), (best, best_test)) if not m]
         test = _compare("test", base_test, best_test)
         if val and test and val.gain is not None and test.gain is not None and val.gain > 0:
