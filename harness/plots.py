@@ -223,6 +223,14 @@ def loss_curve(curves: list[tuple[str, Path]], out: Path) -> Path:
     return save_figure(fig, out, dpi=110)
 
 
+def _edge_markers(ax: plt.Axes, xs: list[int], edge: float, marker: str, color: str, label: str) -> None:
+    """Runs marked on a horizontal edge of the plot (x in data units, y in axes units)."""
+    transform = ax.get_xaxis_transform()
+    ax.scatter(
+        xs, [edge] * len(xs), transform=transform, marker=marker, color=color, s=26, label=label, zorder=3
+    )
+
+
 def progress_plot(
     points: list[tuple[int, float | None, str, str]], out: Path, metric: str = "val mse"
 ) -> Path:
@@ -261,28 +269,10 @@ def progress_plot(
     if ceiling is not None:
         low = min(v for _, v, _, _ in judged if v <= ceiling)
         ax.set_ylim(low - 0.05 * (ceiling - low), ceiling)
-    if above:  # on the top edge (x in data, y in axes units), off the scale
-        ax.scatter(
-            above,
-            [0.98] * len(above),
-            transform=ax.get_xaxis_transform(),
-            marker="^",
-            color="0.6",
-            s=26,
-            label=f"discarded, above {ceiling:.3g}",
-            zorder=3,
-        )
-    if failed:  # on the bottom edge (x in data, y in axes units): they have no value to plot
-        ax.scatter(
-            failed,
-            [0.02] * len(failed),
-            transform=ax.get_xaxis_transform(),
-            marker="x",
-            color="#c62828",
-            s=26,
-            label="crashed / timed out / rejected",
-            zorder=3,
-        )
+    if above:  # off the scale
+        _edge_markers(ax, above, 0.98, "^", "0.6", f"discarded, above {ceiling:.3g}")
+    if failed:  # no value to plot
+        _edge_markers(ax, failed, 0.02, "x", "#c62828", "crashed / timed out / rejected")
     ax.set_xlabel("run", fontsize=8)
     ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
     ax.tick_params(labelsize=7)

@@ -7,13 +7,14 @@ In simulation success is judged on ground truth (`SimArm.object_offsets`), not o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from models.promoted import PromotedModel
 from models.vocab import NUM_ACTIONS, PAN_MINUS, PAN_PLUS, STAY
-from robot.planner import WRIST, Planner, PlannerConfig, target_offset
+from robot.planner import WRIST, Plan, Planner, PlannerConfig, target_offset
 from robot.sim import Observation, SimArm
 
 
@@ -47,18 +48,20 @@ class EpisodeResult:
         return [s.plan_ms for s in self.log if s.plan_ms is not None]
 
 
-class Policy:
+class Policy(ABC):
     """Chooses an action from observations; `start` is called at reset, `after` after each action."""
 
     name = "policy"
-    planner: Planner | None = None
+    last_plan: Plan | None = None  # what a planning policy predicted for its last choice, for the report
 
-    def start(self, observation: Observation, target: str) -> None: ...
+    def start(self, observation: Observation, target: str) -> None:  # noqa: B027 - optional hook
+        """Called with the first observation of an episode."""
 
-    def choose(self, observation: Observation) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def choose(self, observation: Observation) -> int: ...
 
-    def after(self, observation: Observation, action: int) -> None: ...
+    def after(self, observation: Observation, action: int) -> None:  # noqa: B027 - optional hook
+        """Called with the observation that followed `action`."""
 
 
 class WorldModelPolicy(Policy):
@@ -66,7 +69,7 @@ class WorldModelPolicy(Policy):
 
     def __init__(self, promoted: PromotedModel, config: PlannerConfig | None = None) -> None:
         self.promoted, self.config = promoted, config or PlannerConfig()
-        self.last_plan = None
+        self.planner: Planner | None = None
 
     def start(self, observation: Observation, target: str) -> None:
         self.planner = Planner(self.promoted, target, self.config)
@@ -142,7 +145,7 @@ def run_episode(
         if step == settings.max_steps:
             break
         action = policy.choose(observation)
-        plan = getattr(policy, "last_plan", None)
+        plan = policy.last_plan
         log.append(
             StepLog(
                 offset,

@@ -38,15 +38,16 @@ def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.Complet
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def harness(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The `harness` command in a subprocess, as a user runs it."""
+def run_module(module: str, *args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a subprocess, as a user runs a command."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
     )
+
+
+def harness(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The `harness` command in a subprocess."""
+    return run_module("harness", *args, cwd=cwd)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

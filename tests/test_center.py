@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +27,7 @@ from robot.center import (
 from robot.planner import Planner, PlannerConfig, target_offset
 from robot.sim import PALETTE, SimArm, SimConfig
 from robot.so101 import save_calibration
-from tests.helpers import ROOT, run_train, write_config
+from tests.helpers import ROOT, run_module, run_train, write_config
 from tests.servos import CALIBRATION, WRITES, calibrated_emulator
 
 SIM = SimConfig()
@@ -131,14 +129,8 @@ def tiny_run(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return tmp / "run"
 
 
-def cli(module: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_robot_center_in_sim_writes_its_report(tiny_run: Path, tmp_path: Path):
-    result = cli(
+    result = run_module(
         "robot.center_cli",
         "--checkpoint",
         tiny_run,
@@ -171,7 +163,7 @@ def test_robot_center_dry_run_on_the_emulator_sends_no_goal(
     base = next((videos / "observation.images.base").rglob("*.mp4"))
     with calibrated_emulator() as emulator:
         goals = [emulator.read_register(i, "goal_position") for i in range(1, 7)]
-        result = cli(
+        result = run_module(
             "robot.center_cli",
             "--checkpoint",
             tiny_run,
@@ -205,7 +197,7 @@ def test_robot_record_on_the_emulator_writes_a_lerobot_dataset(sim_dataset: Path
     save_calibration(CALIBRATION, calibration)
     wrist = next((sim_dataset / "videos/observation.images.wrist").rglob("*.mp4"))
     with calibrated_emulator() as emulator:
-        result = cli(
+        result = run_module(
             "robot.record_cli",
             "--port",
             emulator.port,
@@ -237,12 +229,12 @@ def test_robot_record_on_the_emulator_writes_a_lerobot_dataset(sim_dataset: Path
 
 
 def test_robot_center_errors_are_one_line(tiny_run: Path, tmp_path: Path):
-    result = cli("robot.center_cli", "--checkpoint", "nope", "--sim", "--root", tmp_path)
+    result = run_module("robot.center_cli", "--checkpoint", "nope", "--sim", "--root", tmp_path)
     assert result.returncode == 1 and "no promoted checkpoint 'nope'" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = cli("robot.center_cli", "--checkpoint", tiny_run, "--target", "magenta", "--sim")
+    result = run_module("robot.center_cli", "--checkpoint", tiny_run, "--target", "magenta", "--sim")
     assert result.returncode == 1 and "unknown target 'magenta'" in result.stderr
-    result = cli("robot.center_cli", "--checkpoint", tiny_run)
+    result = run_module("robot.center_cli", "--checkpoint", tiny_run)
     assert result.returncode == 1 and "--sim, or --port" in result.stderr
 
 

@@ -219,18 +219,24 @@ def test_keyboard_interrupt_in_the_context_turns_torque_off(emulator: ServoEmula
     assert register_values(emulator, "torque_enable") == [0] * 6
 
 
-def test_a_real_sigint_in_the_context_turns_torque_off(emulator: ServoEmulator):
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is not handled by Python's default handler here")
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler for the test (a runner may have installed another), then back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_real_sigint_in_the_context_turns_torque_off(emulator: ServoEmulator, default_sigint: None):
     with pytest.raises(KeyboardInterrupt), open_arm(emulator) as arm:
         arm.act(PAN_PLUS)
         signal.raise_signal(signal.SIGINT)
     assert register_values(emulator, "torque_enable") == [0] * 6
 
 
-def test_a_second_ctrl_c_waits_until_shutdown_is_done():
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is not handled by Python's default handler here")
+def test_a_second_ctrl_c_waits_until_shutdown_is_done(default_sigint: None):
     finished = []
     with pytest.raises(KeyboardInterrupt), _sigint_deferred():
         signal.raise_signal(signal.SIGINT)
