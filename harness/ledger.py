@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.files import append_line, atomic_write_text
-from harness.judge import GUARD_METRIC, PRIMARY_METRIC, Metrics, value
+from harness.judge import GUARD_METRIC, PRIMARY_METRIC, Metrics, NoiseFloor, noise_floor, value
 from harness.paths import NightPaths, night_tags
 from models.errors import WorldloopError
 
@@ -31,14 +31,15 @@ def now() -> datetime:
 
 
 class RunStatus(StrEnum):
-    KEEP = "keep"  # better than the best by the margin: the branch advanced to it
+    KEEP = "keep"  # better than the best by the margin, confirmed by a second seed: the branch advanced
     DISCARD = "discard"  # trained and judged, not better: the branch was reset
+    UNCONFIRMED = "unconfirmed"  # its first seed cleared the bar, the mean with a second did not: reset
     CRASH = "crash"  # training or evaluation failed (exception, NaN, bad exit)
     TIMEOUT = "timeout"  # killed at the hard timeout
     REJECTED = "rejected"  # never trained: outside the allowlist, did not apply, compile or smoke-train
 
 
-EVALUATED = (RunStatus.KEEP, RunStatus.DISCARD)
+EVALUATED = (RunStatus.KEEP, RunStatus.DISCARD, RunStatus.UNCONFIRMED)
 FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.REJECTED)
 
 
@@ -48,13 +49,14 @@ class Timings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_s: float = 0.0
-    train_s: float = 0.0
-    eval_s: float = 0.0
+    train_s: float = 0.0  # the first seed's training
+    eval_s: float = 0.0  # the first seed's judging (val, and test for a kept run)
+    confirm_s: float = 0.0  # more seeds of the same code: the baseline's noise floor and confirmations
     overhead_s: float = 0.0  # everything else: git, validation, smoke step, reports, ledger
 
     @property
     def total_s(self) -> float:
-        return self.agent_s + self.train_s + self.eval_s + self.overhead_s
+        return self.agent_s + self.train_s + self.eval_s + self.confirm_s + self.overhead_s
 
     def __add__(self, other: Timings) -> Timings:
         return Timings(**{k: getattr(self, k) + getattr(other, k) for k in Timings.model_fields})
@@ -75,6 +77,32 @@ class TokenUse(BaseModel):
         return TokenUse(**{k: getattr(self, k) + getattr(other, k) for k in TokenUse.model_fields})
 
 
+class Trial(BaseModel):
+    """One training of a run's commit with one seed, and its judgement.
+
+    A run has one trial, or several: the baseline trains on `--baseline-seeds` seeds (the noise floor), and
+    a candidate that clears the bar is trained again with another seed before it is kept.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    directory: str  # relative to runs/<tag>/
+    ok: bool = True  # trained and judged
+    status: RunStatus | None = None  # CRASH or TIMEOUT when not ok
+    reason: str = ""
+    metrics_val: Metrics = Field(default_factory=dict)
+    metrics_test: Metrics | None = None
+    train: dict[str, Any] = Field(default_factory=dict)  # what training reported (metrics.json)
+    cpu_s: float | None = None  # CPU time of the training process, measured by the harness
+    train_s: float = 0.0  # wall clock of training and judging
+    eval_s: float = 0.0
+
+    @property
+    def primary(self) -> float | None:
+        return value(self.metrics_val, PRIMARY_METRIC) if self.ok else None
+
+
 class RunRecord(BaseModel):
     """One experiment of the night, as the ledger keeps it."""
 
@@ -92,8 +120,10 @@ class RunRecord(BaseModel):
     diff_stat: str = ""
     status: RunStatus
     reason: str = ""  # why it was kept, discarded, or failed, in one line
-    metrics_val: Metrics = Field(default_factory=dict)
+    metrics_val: Metrics = Field(default_factory=dict)  # the mean over its judged seeds
     metrics_test: Metrics | None = None
+    trials: list[Trial] = Field(default_factory=list)  # one per seed trained, in order
+    noise: NoiseFloor | None = None  # the noise floor its decision used
     timings: Timings = Field(default_factory=Timings)
     tokens: TokenUse = Field(default_factory=TokenUse)
     agent_meta: dict[str, Any] = Field(default_factory=dict)  # what the agent wants back (e.g. its params)
@@ -113,6 +143,11 @@ class RunRecord(BaseModel):
     @property
     def guard(self) -> float | None:
         return value(self.metrics_val, GUARD_METRIC) if self.status in EVALUATED else None
+
+    @property
+    def seed_metrics(self) -> list[Metrics]:
+        """Val metrics of each judged seed: a group of same-code runs for the noise floor."""
+        return [t.metrics_val for t in self.trials if t.ok and t.metrics_val]
 
     @property
     def short_commit(self) -> str:
@@ -138,6 +173,7 @@ class NightInfo(BaseModel):
     agent: str
     agent_model: str | None = None
     model_kind: str = "dit"
+    baseline_seeds: int = 2
     base_commit: str | None = None
     branch: str | None = None
     dataset: str | None = None
@@ -179,6 +215,30 @@ class RunningState(BaseModel):
             return True
         return True
 
+
+class PendingRun(BaseModel):
+    """A run between its commit and its ledger line: `runs/<tag>/<run-id>/pending.json`.
+
+    Rewritten after each judged seed, so that `--resume` after a kill in the middle of a confirmation (or of
+    the baseline's second seed) goes on from the commit and the seeds already judged instead of training
+    them again. A run killed before its first seed was judged starts over, as before.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: dict[str, Any]  # the RunRecord fields known so far (JSON form)
+    trials: list[Trial] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write_text(Path(run_dir) / PENDING_FILE, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> PendingRun | None:
+        return _read_model(cls, Path(run_dir) / PENDING_FILE)
+
+
+PENDING_FILE = "pending.json"
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -257,6 +317,11 @@ def best_run(records: list[RunRecord]) -> RunRecord | None:
     """The run to promote: the kept run with the lowest val primary metric (the earliest on a tie)."""
     kept = [r for r in records if r.status == RunStatus.KEEP and r.primary is not None]
     return min(kept, key=lambda r: (r.primary, r.index)) if kept else None
+
+
+def night_noise(records: list[RunRecord]) -> NoiseFloor:
+    """The night's noise floor: every run judged on more than one seed is a group of same-code runs."""
+    return noise_floor([r.seed_metrics for r in records if r.status in EVALUATED])
 
 
 def baseline_run(records: list[RunRecord]) -> RunRecord | None:

@@ -8,6 +8,7 @@ past its own budget plus grace is killed, so the night ends at most one grace pe
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -17,25 +18,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 from harness import reports
 from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted, Proposal
 from harness.executor import Executor, StepResult
 from harness.files import atomic_write_text
-from harness.judge import GUARD_TOLERANCE, NOISE_MARGIN, decide
+from harness.judge import NoiseFloor, decide, mean_metrics, noise_floor
 from harness.ledger import (
-    FAILED,
+    PENDING_FILE,
     Ledger,
     LedgerError,
     NightInfo,
+    PendingRun,
     RunningState,
     RunRecord,
     RunStatus,
     Timings,
+    Trial,
     baseline_run,
     best_run,
     leaderboard,
+    night_noise,
     now,
 )
 from harness.paths import NightPaths, run_id_for
@@ -51,6 +56,44 @@ MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 
 DEFAULT_ESTIMATES = {"smoke_s": 5.0, "startup_s": 10.0, "overhead_s": 5.0}
 """Guesses for the first run's phases; after that the night uses what it measured."""
+
+TRAIN_SLACK = 3.0
+"""A run's budget is the compute it gets (CPU time on CPU), so a run slowed by other programs takes longer in
+wall time; it is killed only past this many budgets of wall time plus the grace (or at the night's end)."""
+
+
+TRAIN_KEYS = (
+    "samples",
+    "steps",
+    "clock",
+    "cpu_seconds",
+    "wall_seconds",
+    "threads",
+    "samples_per_s",
+    "others_cores",
+    "load_start",
+    "load_end",
+    "seed",
+)
+"""What a trial keeps of its training's metrics.json: enough to see at a glance that two seeds got the same
+compute, and what else the machine was doing."""
+
+
+def train_summary(directory: Path) -> dict:
+    """The TRAIN_KEYS of a run directory's metrics.json (written by the run's own training code, so only
+    shown, never judged); empty when training wrote none."""
+    try:
+        written = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: written[k] for k in TRAIN_KEYS if k in written} if isinstance(written, dict) else {}
+
+
+def trial_seed(index: int, trial: int) -> int:
+    """The training seed of a run's trial: distinct for every training of the night, fixed for --resume.
+    The baseline's seeds are 0, 1, ...; the harness, not the experiment config, chooses seeds (a lucky
+    seed is not an idea)."""
+    return index * 1000 + trial
 
 
 def model_kind(experiment: Path) -> str:
@@ -91,6 +134,7 @@ class NightSettings:
     grace_s: float | None = None
     max_runs: int | None = None
     eval_samples: int = 512
+    baseline_seeds: int = 2
     resume: bool = False
 
     @property
@@ -118,16 +162,23 @@ class PromptState:
     board: list[RunRecord]
     tried: list[RunRecord]
     feedback: list[str]
+    noise: NoiseFloor
 
     @property
     def keep_below(self) -> float | None:
         return (
-            None if self.best is None or self.best.primary is None else self.best.primary * (1 - NOISE_MARGIN)
+            None
+            if self.best is None or self.best.primary is None
+            else self.best.primary * (1 - self.noise.margin)
         )
 
     @property
     def guard_floor(self) -> float | None:
-        return None if self.best is None or self.best.guard is None else self.best.guard - GUARD_TOLERANCE
+        return (
+            None
+            if self.best is None or self.best.guard is None
+            else self.best.guard - self.noise.guard_tolerance
+        )
 
 
 @dataclass
@@ -152,6 +203,11 @@ def deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             raise KeyboardInterrupt
+
+
+def _typical(values: list[float], default: float) -> float:
+    """What a phase takes, for the budget: the longest of its last five measurements (a guess before)."""
+    return max(values[-5:]) if values else default
 
 
 class NightEnded(Exception):
@@ -202,6 +258,7 @@ class Night:
                 agent=self.agent.name,
                 agent_model=self.agent.model,
                 model_kind="+".join(s.model_kinds),
+                baseline_seeds=s.baseline_seeds,
                 base_commit=self.workspace.head,
                 branch=self.workspace.branch,
                 dataset=str(s.dataset),
@@ -273,23 +330,28 @@ class Night:
         return self.deadline - time.monotonic()
 
     def _estimate(self, records: list[RunRecord]) -> float:
-        """Seconds the next run will take: the measured phases of earlier runs, or guesses at first."""
+        """Seconds the next run will take: the measured phases of earlier runs, or guesses at first.
 
-        def typical(values: list[float], default: float) -> float:
-            return max(values[-5:]) if values else default
-
-        trained = [r for r in records if r.timings.train_s > 0 and r.status not in FAILED]
-        startup = [max(0.0, r.timings.train_s - self.s.per_run_s) for r in trained]
+        The baseline trains every one of its seeds; a candidate is counted for one seed: its confirmation
+        starts only if it fits in what is left then.
+        """
         agent = [r.timings.agent_s for r in records if not r.is_baseline]
-        eval_s = [r.timings.eval_s for r in records if r.timings.eval_s > 0]
         overhead = [r.timings.overhead_s for r in records]
         d = DEFAULT_ESTIMATES
+        seeds = self.s.baseline_seeds if not records else 1
         return (
-            (0.0 if not records else typical(agent, self.agent.typical_s))
-            + typical(overhead, d["overhead_s"] + d["smoke_s"])
-            + self.s.per_run_s
-            + typical(startup, d["startup_s"])
-            + typical(eval_s, 5.0 + 0.03 * self.s.eval_samples)  # about 20 s for the judge's 512 samples
+            (0.0 if not records else _typical(agent, self.agent.typical_s))
+            + _typical(overhead, d["overhead_s"] + d["smoke_s"])
+            + seeds * self._trial_estimate(records)
+        )
+
+    def _trial_estimate(self, records: list[RunRecord]) -> float:
+        """Seconds one seed takes: training (the budget and its startup, as measured) and the val judge."""
+        trials = [t for r in records for t in r.trials if t.ok]
+        d = DEFAULT_ESTIMATES
+        return _typical([t.train_s for t in trials], self.s.per_run_s + d["startup_s"]) + _typical(
+            [t.eval_s for t in trials],
+            5.0 + 0.03 * self.s.eval_samples,  # ~20 s for the judge's 512 samples
         )
 
     def _fits(self, records: list[RunRecord]) -> bool:
@@ -308,20 +370,49 @@ class Night:
         index = len(records)
         run = RunOutcome(run_id_for(self.s.tag, index), index)
         run_dir = self.paths.run_dir(run.run_id)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # a run killed before its ledger line: it starts over
-        run_dir.mkdir(parents=True)
         best = best_run(records)
         best_commit = best.commit if best and best.commit else self.info.base_commit
         self._announce(run, best)
+        pending = self._resumable(run, run_dir)
+        if pending is None:
+            pending = self._prepare(run, records, run_dir, best, best_commit)
+            if pending is None:
+                return
+        self._judge_seeds(run, pending, records, best, best_commit)
 
+    def _resumable(self, run: RunOutcome, run_dir: Path) -> PendingRun | None:
+        """A run killed after one of its seeds was judged goes on from there; any other starts over."""
+        pending = PendingRun.read(run_dir) if run_dir.exists() else None
+        if pending is None or not pending.trials or not pending.record.get("commit"):
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # a run killed before its ledger line: it starts over
+            run_dir.mkdir(parents=True)
+            return None
+        self.workspace.reset(pending.record["commit"])
+        run.timings = pending.timings
+        self.console.print(
+            f"  {run.run_id} · resumed at {pending.record['commit'][:7]} "
+            f"after {len(pending.trials)} judged seed(s)",
+            highlight=False,
+        )
+        return pending
+
+    def _prepare(
+        self,
+        run: RunOutcome,
+        records: list[RunRecord],
+        run_dir: Path,
+        best: RunRecord | None,
+        best_commit: str,
+    ) -> PendingRun | None:
+        """Propose, apply, check, commit, smoke-test: a run ready to train, or None (recorded as rejected)."""
         proposal = self._propose(run, records, run_dir)
         if proposal is None:
-            return
+            return None
         experiment = proposal.experiment or self.s.experiment
         record = dict(
             run_id=run.run_id,
-            index=index,
+            index=run.index,
             tag=self.s.tag,
             parent=best.run_id if best else None,
             hypothesis=proposal.hypothesis,
@@ -331,7 +422,6 @@ class Night:
             agent_meta=proposal.meta,
             started_at=run.started_at,
         )
-        # ---- apply, check, commit, smoke
         self._phase(run, "validate", proposal.hypothesis)
         try:
             commit_sha, diff_stat = self._commit(proposal, run, run_dir, experiment, best_commit)
@@ -340,7 +430,7 @@ class Night:
             self._record(
                 run, record, status=RunStatus.REJECTED, reason=str(rejection), error_tail=str(rejection)
             )
-            return
+            return None
         record.update(commit=commit_sha, diff_stat=diff_stat, model_kind=self._kind(experiment))
         smoke = self.executor.smoke(experiment, run_dir / "smoke.log")
         if not smoke.ok:
@@ -352,35 +442,176 @@ class Night:
                 reason=f"smoke step failed: {smoke.reason}",
                 error_tail=smoke.tail,
             )
-            return
-        # ---- train
-        self._phase(run, "train", proposal.hypothesis)
-        trained = self.executor.train(experiment, run_dir, self.s.per_run_s, self.s.grace)
-        run.timings.train_s = trained.seconds
-        if not trained.ok:
-            self._fail(run, record, trained, commit_sha, best_commit)
-            return
-        # ---- judge
-        self._phase(run, "eval", proposal.hypothesis)
-        judged, metrics = self.executor.evaluate(run_dir, "val", self.s.eval_samples, self._eval_timeout())
-        run.timings.eval_s += judged.seconds
-        if metrics is None:
-            self._fail(run, record, judged, commit_sha, best_commit)
-            return
-        decision = decide(metrics, best.metrics_val if best else None, best.run_id if best else None)
-        test = None
-        if decision.keep:
-            tested, test = self.executor.evaluate(run_dir, "test", self.s.eval_samples, self._eval_timeout())
-            run.timings.eval_s += tested.seconds
+            return None
+        return PendingRun(record=to_jsonable_python(record))
+
+    def _judge_seeds(
+        self,
+        run: RunOutcome,
+        pending: PendingRun,
+        records: list[RunRecord],
+        best: RunRecord | None,
+        best_commit: str,
+    ) -> None:
+        """Train and judge the run's seeds, decide, record.
+
+        The baseline trains `baseline_seeds` seeds: their spread is the noise floor. A candidate trains one;
+        if it clears the bar against the best's mean, a second seed must confirm it (the mean of both must
+        still clear the bar) before the branch advances; otherwise it is `unconfirmed`.
+        """
+        sha = pending.record["commit"]
+        noise = night_noise(records)
+        if run.index == 0:
+            while len(pending.trials) < self.s.baseline_seeds:
+                trial, tail = self._trial(run, pending)
+                if not trial.ok:
+                    return self._fail_trial(run, pending, trial, tail, best_commit)
+            own = noise_floor([self._seeds(pending)])
+            seeds = [t.seed for t in pending.trials]
+            reason = f"baseline: the unchanged code on seeds {seeds}, the reference for every later run"
+            return self._decided(run, pending, RunStatus.KEEP, reason, own)
+
+        if not pending.trials:
+            trial, tail = self._trial(run, pending)
+            if not trial.ok:
+                return self._fail_trial(run, pending, trial, tail, best_commit)
+        first = pending.trials[0]
+        verdict = decide(first.metrics_val, best.metrics_val, best.run_id, noise)
+        if not verdict.keep:
+            self._set_aside(run, sha, best_commit)
+            return self._decided(run, pending, RunStatus.DISCARD, verdict.reason, noise)
+        if len(pending.trials) < 2:
+            need = self._trial_estimate(records)
+            if need > self.remaining():
+                self._set_aside(run, sha, best_commit)
+                reason = (
+                    f"seed {first.seed} cleared the bar ({verdict.reason}), but confirming it with a "
+                    f"second seed needs about {reports.fmt_duration(need)} and the night has "
+                    f"{reports.fmt_duration(max(0.0, self.remaining()))} left"
+                )
+                return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise)
+            self.console.print(
+                f"  {run.run_id} · cleared the bar on seed {first.seed}: confirming with another seed"
+            )
+            confirmation, tail = self._trial(run, pending)
+            if not confirmation.ok:
+                self._set_aside(run, sha, best_commit)
+                reason = (
+                    f"seed {first.seed} cleared the bar, but the confirmation run (seed {confirmation.seed}) "
+                    f"failed: {confirmation.reason}"
+                )
+                return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise, error_tail=tail)
+        seeds = [t.seed for t in pending.trials]
+        confirmed = decide(mean_metrics(self._seeds(pending)), best.metrics_val, best.run_id, noise)
+        if not confirmed.keep:
+            self._set_aside(run, sha, best_commit)
+            reason = (
+                f"seed {first.seed} cleared the bar; the mean of seeds {seeds} did not: {confirmed.reason}"
+            )
+            return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise)
+        self._decided(run, pending, RunStatus.KEEP, f"confirmed on seeds {seeds}: {confirmed.reason}", noise)
+
+    def _trial(self, run: RunOutcome, pending: PendingRun) -> tuple[Trial, str]:
+        """Train and judge one more seed of the run's commit (saved in pending.json once judged); returns
+        it with the end of its failing log, if it failed."""
+        number = len(pending.trials)
+        seed = trial_seed(run.index, number)
+        directory = self.paths.trial_dir(run.run_id, number, seed)
+        if number > 0:
+            shutil.rmtree(directory, ignore_errors=True)  # a seed killed half-way trains again
+        experiment = pending.record["experiment"]
+        label = pending.record["hypothesis"]
+        self._phase(run, "train" if number == 0 else f"train seed {seed}", label)
+        trained = self.executor.train(
+            experiment, directory, self.s.per_run_s, self.s.grace, seed=seed, timeout_s=self._train_timeout()
+        )
+        trial = Trial(
+            seed=seed,
+            directory=str(directory.relative_to(self.paths.runs)),
+            train=train_summary(directory),
+            cpu_s=trained.cpu_s,
+            train_s=trained.seconds,
+        )
+        failed = None if trained.ok else trained
+        if trained.ok:
+            self._phase(run, "eval" if number == 0 else f"eval seed {seed}", label)
+            judged, metrics = self._evaluate(directory, "val", pending)
+            trial.eval_s = judged.seconds
+            trial.metrics_val = metrics or {}
+            failed = None if metrics is not None else judged
+        if failed is not None:
+            trial.ok, trial.status, trial.reason = False, failed.status, failed.reason
+        if number == 0:
+            run.timings.train_s += trial.train_s
+            run.timings.eval_s += trial.eval_s
         else:
-            self._set_aside(run, commit_sha, best_commit)
+            run.timings.confirm_s += trial.train_s + trial.eval_s
+        pending.trials.append(trial)
+        pending.timings = run.timings
+        if trial.ok:
+            pending.write(self.paths.run_dir(run.run_id))
+        return trial, "" if failed is None else failed.tail
+
+    def _evaluate(self, directory: Path, split: str, pending: PendingRun) -> tuple[StepResult, dict | None]:
+        """The pinned judge on one seed's run directory, on the night's task for the run's model kind."""
+        task = EXPERIMENTS[pending.record["model_kind"]]
+        return self.executor.evaluate(directory, split, self.s.eval_samples, self._eval_timeout(), task=task)
+
+    @staticmethod
+    def _seeds(pending: PendingRun) -> list[dict]:
+        return [t.metrics_val for t in pending.trials if t.ok]
+
+    def _fail_trial(
+        self, run: RunOutcome, pending: PendingRun, trial: Trial, tail: str, best_commit: str
+    ) -> None:
+        """A seed that crashed or timed out: the run is a crash or timeout, with that seed's log tail."""
+        self._set_aside(run, pending.record["commit"], best_commit)
+        reason = trial.reason if len(pending.trials) == 1 else f"seed {trial.seed}: {trial.reason}"
         self._record(
             run,
-            record,
-            status=RunStatus.KEEP if decision.keep else RunStatus.DISCARD,
-            reason=decision.reason,
-            metrics_val=metrics,
+            pending.record,
+            status=trial.status,
+            reason=reason,
+            error_tail=tail,
+            trials=pending.trials,
+            metrics_val=mean_metrics(self._seeds(pending)),
+        )
+
+    def _decided(
+        self,
+        run: RunOutcome,
+        pending: PendingRun,
+        status: RunStatus,
+        reason: str,
+        noise: NoiseFloor,
+        error_tail: str | None = None,
+    ) -> None:
+        """Record a judged run; a kept one is judged on test too (every seed, averaged)."""
+        test = None
+        if status == RunStatus.KEEP:
+            self._phase(run, "eval test", pending.record["hypothesis"])
+            for number, trial in enumerate(pending.trials):
+                if not trial.ok:
+                    continue
+                tested, trial.metrics_test = self._evaluate(
+                    self.paths.runs / trial.directory, "test", pending
+                )
+                if number == 0:
+                    run.timings.eval_s += tested.seconds
+                else:
+                    run.timings.confirm_s += tested.seconds
+            tests = [t.metrics_test for t in pending.trials if t.metrics_test]
+            test = mean_metrics(tests) if tests else None
+        self._record(
+            run,
+            pending.record,
+            status=status,
+            reason=reason,
+            metrics_val=mean_metrics(self._seeds(pending)),
             metrics_test=test,
+            trials=pending.trials,
+            noise=noise,
+            error_tail=error_tail,
         )
 
     def _propose(self, run: RunOutcome, records: list[RunRecord], run_dir: Path) -> Proposal | None:
@@ -401,7 +632,14 @@ class Night:
         except AgentError as err:
             self.agent_failures += 1
             run.timings.agent_s = time.monotonic() - start
-            record = dict(run_id=run.run_id, index=run.index, tag=self.s.tag, hypothesis="(no proposal)")
+            record = dict(
+                run_id=run.run_id,
+                index=run.index,
+                tag=self.s.tag,
+                hypothesis="(no proposal)",
+                tokens=err.tokens,  # a failed proposal still cost what it cost
+                agent_meta=err.meta,
+            )
             self._record(
                 run, record, status=RunStatus.REJECTED, reason=f"agent error: {err}", error_tail=str(err)
             )
@@ -446,9 +684,9 @@ class Night:
     def _eval_timeout(self) -> float:
         return max(120.0, 0.5 * self.s.per_run_s)
 
-    def _fail(self, run: RunOutcome, record: dict, step: StepResult, sha: str, best_commit: str) -> None:
-        self._set_aside(run, sha, best_commit)
-        self._record(run, record, status=step.status, reason=step.reason, error_tail=step.tail)
+    def _train_timeout(self) -> float:
+        """Wall clock allowed to one training: TRAIN_SLACK budgets, never past the night's end, plus grace."""
+        return min(TRAIN_SLACK * self.s.per_run_s, max(0.0, self.remaining())) + self.s.grace
 
     def _set_aside(self, run: RunOutcome, sha: str | None, best_commit: str) -> None:
         if run.index > 0:
@@ -466,6 +704,7 @@ class Night:
         final = final.model_copy(update={"timings": t, "finished_at": now()})
         with deferred_interrupt():
             self.ledger.append(final)
+        (self.paths.run_dir(run.run_id) / PENDING_FILE).unlink(missing_ok=True)
         reports.render_summary(self.paths)
         self._report_result(final)
 
@@ -490,6 +729,7 @@ class Night:
             board=leaderboard(records, top=10),
             tried=records,
             feedback=feedback,
+            noise=night_noise(records),
         )
         loop_file = self.workspace.path / LOOP_FILE
         loop_text = loop_file.read_text() if loop_file.exists() else ""
@@ -551,7 +791,14 @@ class Night:
         self.console.print(f"[bold]run {run.run_id}[/bold] · {left} of {total} left · {best_text}")
 
     def _report_result(self, record: RunRecord) -> None:
-        colors = {"keep": "green", "discard": "white", "crash": "red", "timeout": "red", "rejected": "yellow"}
+        colors = {
+            "keep": "green",
+            "discard": "white",
+            "unconfirmed": "magenta",
+            "crash": "red",
+            "timeout": "red",
+            "rejected": "yellow",
+        }
         color = colors[record.status.value]
         mse = f" · val mse {record.primary:.6g}" if record.primary is not None else ""
         self.console.print(

@@ -5,6 +5,7 @@ runs/<tag>/results.tsv         the same, in the autoresearch format
 runs/<tag>/night.json          the night's settings and budget (NightInfo)
 runs/<tag>/current.json        what is running now (RunningState), removed when the night ends
 runs/<tag>/<run-id>/           one run: config, weights, logs, eval_<split>.json, cf_<split>.npz
+runs/<tag>/<run-id>/seed-<n>/  the same for each further seed of that run's code (noise floor, confirmation)
 reports/<tag>/<run-id>.md      the per-run report, its PNGs beside it
 reports/summary.md             the night at a glance, with reports/progress.png
 """
@@ -45,6 +46,11 @@ class NightPaths:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id
+
+    def trial_dir(self, run_id: str, trial: int, seed: int) -> Path:
+        """Where one seed of a run trains: the run's own directory for its first seed (reports and promote
+        read it), a subdirectory for each further one."""
+        return self.run_dir(run_id) if trial == 0 else self.run_dir(run_id) / f"seed-{seed}"
 
     @property
     def reports(self) -> Path:

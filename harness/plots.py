@@ -247,10 +247,22 @@ def progress_plot(
     # A run that blew up (10x the baseline) would flatten every improvement into one line: the axis stops
     # at twice the baseline and such runs sit on its top edge as arrows.
     ceiling = 2.0 * baseline if baseline is not None and baseline > 0 else None
-    shown = [(i, v) for i, v, s, _ in judged if s != "keep" and (ceiling is None or v <= ceiling)]
+    shown = [(i, v, s) for i, v, s, _ in judged if s != "keep" and (ceiling is None or v <= ceiling)]
     above = [i for i, v, s, _ in judged if s != "keep" and ceiling is not None and v > ceiling]
-    if shown:
-        ax.scatter(*zip(*shown, strict=True), s=18, color="0.72", label="discarded", zorder=2)
+    discarded = [(i, v) for i, v, s in shown if s != "unconfirmed"]
+    unconfirmed = [(i, v) for i, v, s in shown if s == "unconfirmed"]
+    if discarded:
+        ax.scatter(*zip(*discarded, strict=True), s=18, color="0.72", label="discarded", zorder=2)
+    if unconfirmed:  # cleared the bar on one seed, not on two: worth seeing, not worth keeping
+        ax.scatter(
+            *zip(*unconfirmed, strict=True),
+            s=30,
+            facecolor="none",
+            edgecolor="#e08a00",
+            linewidth=1.2,
+            label="unconfirmed",
+            zorder=2,
+        )
     if baseline is not None:
         ax.axhline(baseline, color="0.4", linestyle="--", linewidth=0.8, label="baseline")
     if kept:

@@ -22,7 +22,17 @@ import numpy as np
 
 from harness import plots
 from harness.files import atomic_write_text
-from harness.judge import PRIMARY_METRIC, REPORT_METRICS, Metrics, MetricSpec, relative_change, value
+from harness.judge import (
+    GUARD_METRIC,
+    PRIMARY_METRIC,
+    REPORT_METRICS,
+    Metrics,
+    MetricSpec,
+    NoiseFloor,
+    mark_threshold,
+    relative_change,
+    value,
+)
 from harness.ledger import (
     FAILED,
     Ledger,
@@ -37,6 +47,7 @@ from harness.ledger import (
     best_run,
     leaderboard,
     load_metrics,
+    night_noise,
     now,
 )
 from harness.paths import NightPaths
@@ -81,8 +92,9 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
-def fmt_change(new: float | None, old: float | None, spec: MetricSpec) -> str:
-    """A signed change, marked ✓ when better and ✗ when worse (by more than the metric's noise)."""
+def fmt_change(new: float | None, old: float | None, spec: MetricSpec, threshold: float | None = None) -> str:
+    """A signed change, marked ✓ when better and ✗ when worse by at least `threshold` (default: the
+    metric's fixed noise; see `judge.mark_threshold` for the measured one)."""
     if new is None or old is None:
         return "-"
     if spec.relative:
@@ -92,7 +104,7 @@ def fmt_change(new: float | None, old: float | None, spec: MetricSpec) -> str:
     else:
         change = new - old
     text = f"{change:+.1%}" if spec.relative else f"{change:+.3f}"
-    big = abs(change) >= spec.noise
+    big = abs(change) >= (spec.noise if threshold is None else threshold)
     text = text.replace("-", "−")
     if spec.higher_is_better is None or not big:
         return text
@@ -144,6 +156,43 @@ class MetricRow:
 
 
 @dataclass
+class SeedRow:
+    """One seed of a run, as its report's table shows it: the compute it got and what it scored."""
+
+    seed: int
+    status: str
+    samples: str
+    cpu: str  # CPU seconds of the training process (the harness's measurement)
+    wall: str
+    threads: str
+    others: str  # cores other programs kept busy while it trained
+    mse: str
+    guard: str
+
+
+def seed_rows(record: RunRecord) -> list[SeedRow]:
+    rows = []
+    for t in record.trials:
+        train = t.train
+        rows.append(
+            SeedRow(
+                seed=t.seed,
+                status="judged"
+                if t.ok
+                else f"{t.status.value if t.status else 'failed'}: {one_line(t.reason, 60)}",
+                samples=fmt_number(train.get("samples")),
+                cpu=fmt_duration(t.cpu_s if t.cpu_s is not None else train.get("cpu_seconds")),
+                wall=fmt_duration(t.train_s),
+                threads=fmt_number(train.get("threads")),
+                others=fmt_number(train.get("others_cores"), 2),
+                mse=fmt_number(value(t.metrics_val, PRIMARY_METRIC)),
+                guard=fmt_number(value(t.metrics_val, GUARD_METRIC), 3),
+            )
+        )
+    return rows
+
+
+@dataclass
 class RunView:
     """Everything a run report shows, read from disk once."""
 
@@ -157,19 +206,27 @@ class RunView:
     diff_truncated: bool
     rows: list[MetricRow]
     references: list[str]  # column titles of the reference runs
+    seeds: list[SeedRow]
+    noise: NoiseFloor | None  # the noise floor its decision used
 
     @property
     def report_path(self) -> Path:
         return self.paths.report(self.record.run_id)
 
 
-def _metric_rows(metrics: Metrics, references: list[Metrics]) -> list[MetricRow]:
+def _metric_rows(metrics: Metrics, references: list[Metrics], noise: NoiseFloor | None) -> list[MetricRow]:
     rows = []
     for spec in REPORT_METRICS:
         if spec.key not in metrics:
             continue
         v = value(metrics, spec.key)
-        refs = [(fmt_number(r.get(spec.key)), fmt_change(v, value(r, spec.key), spec)) for r in references]
+        refs = [
+            (
+                fmt_number(r.get(spec.key)),
+                fmt_change(v, value(r, spec.key), spec, mark_threshold(spec, metrics, r, noise)),
+            )
+            for r in references
+        ]
         if spec.baseline_key:
             baseline, kind = fmt_number(metrics.get(spec.baseline_key)), "copy-last-frame"
         elif spec.baseline_value is not None:
@@ -233,8 +290,10 @@ def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], dra
         figures=_draw_figures(record, paths, parent) if draw else {},
         diff="\n".join(diff_lines[:DIFF_LIMIT]),
         diff_truncated=len(diff_lines) > DIFF_LIMIT,
-        rows=_metric_rows(record.metrics_val, [r.metrics_val for _, r in references]),
+        rows=_metric_rows(record.metrics_val, [r.metrics_val for _, r in references], record.noise),
         references=[label for label, _ in references],
+        seeds=seed_rows(record),
+        noise=record.noise,
     )
 
 
@@ -280,7 +339,7 @@ def metrics_on_test(paths: NightPaths, record: RunRecord) -> Metrics | None:
     return record.metrics_test or load_metrics(paths.run_dir(record.run_id) / "eval_test.json")
 
 
-def _compare(split: str, base: Metrics | None, best: Metrics | None) -> Comparison | None:
+def _compare(split: str, base: Metrics | None, best: Metrics | None, noise: NoiseFloor) -> Comparison | None:
     if not base or not best:
         return None
     rows = []
@@ -288,7 +347,8 @@ def _compare(split: str, base: Metrics | None, best: Metrics | None) -> Comparis
         if spec.key in ("parameters", "cf_spread") or spec.key not in best:
             continue
         b, n = value(base, spec.key), value(best, spec.key)
-        rows.append((spec.label, fmt_number(b), fmt_number(n), fmt_change(n, b, spec)))
+        change = fmt_change(n, b, spec, mark_threshold(spec, best, base, noise))
+        rows.append((spec.label, fmt_number(b), fmt_number(n), change))
     change = relative_change(value(best, PRIMARY_METRIC), value(base, PRIMARY_METRIC))
     return Comparison(split, rows, None if change is None else -change)
 
@@ -307,6 +367,7 @@ class NightView:
     val: Comparison | None
     test: Comparison | None
     test_missing: list[str]  # run ids whose test metrics are not computed yet
+    noise: NoiseFloor  # the night's noise floor now
     carries: bool | None  # does the val gain carry to test? None when unknown
     board: list[RunRecord]
     failures: list[RunRecord]
@@ -333,9 +394,10 @@ class NightView:
     def vs_baseline(self, record: RunRecord) -> str:
         if record.is_baseline:
             return "baseline"
-        base = self.baseline.primary if self.baseline else None
+        base = self.baseline.metrics_val if self.baseline else None
         spec = next(s for s in REPORT_METRICS if s.key == PRIMARY_METRIC)
-        return fmt_change(record.primary, base, spec)
+        threshold = mark_threshold(spec, record.metrics_val, base, self.noise)
+        return fmt_change(record.primary, value(base, PRIMARY_METRIC), spec, threshold)
 
     def share(self, seconds: float) -> str:
         total = self.timings.total_s
@@ -364,14 +426,15 @@ def night_view(paths: NightPaths) -> NightView:
         running = None
     best, baseline = best_run(records), baseline_run(records)
     counts = {s.value: sum(1 for r in records if r.status == s) for s in RunStatus}
+    noise = night_noise(records)
     val = test = None
     test_missing: list[str] = []
     carries = None
     if best is not None and baseline is not None and baseline.primary is not None and best is not baseline:
-        val = _compare("val", baseline.metrics_val, best.metrics_val)
+        val = _compare("val", baseline.metrics_val, best.metrics_val, noise)
         base_test, best_test = metrics_on_test(paths, baseline), metrics_on_test(paths, best)
         test_missing = [r.run_id for r, m in ((baseline, base_test), (best, best_test)) if not m]
-        test = _compare("test", base_test, best_test)
+        test = _compare("test", base_test, best_test, noise)
         if val and test and val.gain is not None and test.gain is not None and val.gain > 0:
             carries = test.gain >= TEST_CARRY_FRACTION * val.gain
     return NightView(
@@ -387,6 +450,7 @@ def night_view(paths: NightPaths) -> NightView:
         val=val,
         test=test,
         test_missing=test_missing,
+        noise=noise,
         carries=carries,
         board=leaderboard(records),
         failures=[r for r in records if r.status in FAILED],

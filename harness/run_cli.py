@@ -45,7 +45,15 @@ def _new_tag(root: Path) -> str:
 
 def run(
     budget: str = typer.Option("8h", help="the whole night, e.g. 8h, 90m; no run starts that cannot finish"),
-    per_run: str = typer.Option("5m", "--per-run", help="training time of each run"),
+    per_run: str = typer.Option(
+        "5m",
+        "--per-run",
+        help="training compute of each run: on CPU, 5m is 5 minutes of CPU time on each core the run is "
+        "given (a run slowed by other programs takes longer but trains as much); on a GPU, 5 minutes",
+    ),
+    baseline_seeds: int = typer.Option(
+        2, "--baseline-seeds", help="seeds the baseline trains on; their spread is the night's noise floor"
+    ),
     agent: str = typer.Option(
         None, help=f"{' | '.join(AGENTS)} (default: anthropic with ANTHROPIC_API_KEY, else local)"
     ),
@@ -78,10 +86,13 @@ def run(
             grace_s=_seconds(grace, "--grace") if grace else None,
             max_runs=max_runs,
             eval_samples=eval_samples,
+            baseline_seeds=info.baseline_seeds,
             resume=True,
         )
         agent_name, agent_model = agent or info.agent, model or info.agent_model
     else:
+        if baseline_seeds < 1:
+            raise WorldloopError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
         if model_kind not in KINDS:
             raise WorldloopError(f"--model-kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
         settings = NightSettings(
@@ -94,6 +105,7 @@ def run(
             grace_s=_seconds(grace, "--grace") if grace else None,
             max_runs=max_runs,
             eval_samples=eval_samples,
+            baseline_seeds=baseline_seeds,
         )
         agent_name, agent_model = agent or default_agent(), model
     if not (settings.dataset / "meta" / "info.json").exists():
