@@ -26,6 +26,7 @@ from harness.agents.anthropic_agent import (
     price_for,
 )
 from harness.agents.base import AgentContext, AgentError
+from harness.ledger import TokenUse
 from tests.fake_messages_api import (
     FakeMessagesAPI,
     ScriptedResponse,
@@ -265,19 +266,57 @@ def test_missing_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_nudged_once_then_gives_up(tmp_path: Path, api: FakeMessagesAPI, canary: str) -> None:
-    api.enqueue(message([text_block("I think depth matters.")]), message([text_block("Indeed.")]))
-    with pytest.raises(AgentError, match="without calling propose"):
+    usages = [usage(1000, 200, 3000, 0), usage(50, 30, 0, 3000)]
+    api.enqueue(
+        message([text_block("I think depth matters.")], usage_=usages[0]),
+        message([text_block("Indeed.")], usage_=usages[1]),
+    )
+    with pytest.raises(AgentError, match="without calling propose") as err:
         AnthropicAgent(max_retries=0).propose(make_context(tmp_path))
     requests = api.message_requests()
     assert len(requests) == 2
     assert requests[1]["messages"][-1] == {"role": "user", "content": [{"type": "text", "text": NUDGE}]}
+    # The two replies were paid for: the failure carries their cost for the ledger.
+    tokens = err.value.tokens
+    assert (tokens.input_tokens, tokens.output_tokens) == (1050, 230)
+    assert (tokens.cache_write_tokens, tokens.cache_read_tokens) == (3000, 3000)
+    assert (
+        tokens.cost_usd == pytest.approx(expected_cost(usages, PRICES[DEFAULT_MODEL])) and tokens.cost_usd > 0
+    )
+    assert err.value.meta == {"model": DEFAULT_MODEL, "turns": 2}
 
 
 def test_max_turns(tmp_path: Path, api: FakeMessagesAPI, canary: str) -> None:
-    api.enqueue(*(message([tool_use_block("list_files", {})]) for _ in range(2)))
-    with pytest.raises(AgentError, match="after 2 model turns"):
+    api.enqueue(*(message([tool_use_block("list_files", {})], usage_=usage(100, 10)) for _ in range(2)))
+    with pytest.raises(AgentError, match="after 2 model turns") as err:
         AnthropicAgent(max_turns=2, max_retries=0).propose(make_context(tmp_path))
     assert len(api.message_requests()) == 2
+    assert (err.value.tokens.input_tokens, err.value.tokens.output_tokens) == (200, 20)
+    assert err.value.meta == {"model": DEFAULT_MODEL, "turns": 2}
+
+
+def test_an_api_failure_keeps_the_spend_of_the_turns_before_it(
+    tmp_path: Path, api: FakeMessagesAPI, canary: str
+) -> None:
+    context = make_context(tmp_path)
+    first = usage(700, 90, 1800, 0)
+    api.enqueue(message([tool_use_block("list_files", {})], usage_=first))
+    api.default = api_error(500, "api_error", "Internal server error")
+    with pytest.raises(AgentError, match="HTTP 500") as err:
+        AnthropicAgent(max_retries=0).propose(context)
+    assert err.value.tokens.input_tokens == 700 and err.value.tokens.cache_write_tokens == 1800
+    assert err.value.tokens.cost_usd == pytest.approx(expected_cost([first], PRICES[DEFAULT_MODEL]))
+    assert err.value.meta == {"model": DEFAULT_MODEL, "turns": 2}
+    last = json.loads((context.run_dir / TRANSCRIPT_NAME).read_text().splitlines()[-1])
+    assert last["event"] == "error" and "HTTP 500" in last["error"] and last["tokens"]["input_tokens"] == 700
+
+
+def test_a_failure_before_any_reply_costs_nothing(tmp_path: Path, api: FakeMessagesAPI, canary: str) -> None:
+    api.default = api_error(500, "api_error", "Internal server error")
+    with pytest.raises(AgentError) as err:
+        AnthropicAgent(max_retries=0).propose(make_context(tmp_path))
+    assert err.value.tokens.model_dump() == TokenUse().model_dump()
+    assert err.value.meta == {"model": DEFAULT_MODEL, "turns": 1}
 
 
 def test_cut_at_max_tokens_is_not_run_but_reported(tmp_path: Path, api: FakeMessagesAPI, canary: str) -> None:

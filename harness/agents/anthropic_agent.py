@@ -5,7 +5,8 @@ and the rendered prompt are marked for prompt caching, since every turn of the c
 model may call `list_files` and `read_file` (read-only, confined to the worktree) as often as it likes, then
 calls `propose`; an invalid proposal is answered with the validation error so the model can fix it. Transient
 API failures (429, 5xx, 529 overloaded, timeouts, dropped connections) are retried by the SDK with exponential
-backoff; what still fails becomes an `AgentError` whose message names the status, never the key.
+backoff; what still fails becomes an `AgentError` whose message names the status, never the key. Every
+`AgentError` of a conversation carries the tokens and cost of the replies before it, which were paid for.
 
 The conversation is appended to `<run_dir>/agent_transcript.jsonl`, one JSON object a line, with the key
 redacted from every line even if it somehow ended up in a file the model read.
@@ -383,38 +384,47 @@ class AnthropicAgent(Agent):
         transcript.write({"event": "message", **messages[0]})
         tokens = TokenUse()
         nudged = False
-        for turn in range(1, self.max_turns + 1):
-            raw = self._create(system, messages)
-            reply = self._parse(raw)
-            tokens = tokens + token_use(self.model, reply.usage)
-            transcript.write({"event": "reply", "turn": turn, "message": raw})
-            # The reply goes back verbatim, thinking blocks included: the API wants its own blocks returned.
-            messages.append({"role": "assistant", "content": raw["content"]})
-            tool_uses = [b for b in reply.content if b.type == "tool_use"]
+        turn = 0
+        try:
+            for turn in range(1, self.max_turns + 1):
+                raw = self._create(system, messages)
+                reply = self._parse(raw)
+                tokens = tokens + token_use(self.model, reply.usage)
+                transcript.write({"event": "reply", "turn": turn, "message": raw})
+                # The reply goes back verbatim, thinking blocks included: the API wants its blocks back.
+                messages.append({"role": "assistant", "content": raw["content"]})
+                tool_uses = [b for b in reply.content if b.type == "tool_use"]
 
-            if reply.stop_reason == "max_tokens":  # a cut tool call may hold half its input: run none
-                answer = [_tool_result(b.id, TRUNCATED, is_error=True) for b in tool_uses]
-                answer = answer or [{"type": "text", "text": TRUNCATED}]
-            elif tool_uses:
-                proposal, answer = self._use_tools(tool_uses, view)
-                if proposal is not None:
-                    proposal.tokens = tokens
-                    proposal.meta = {**proposal.meta, "model": self.model, "turns": turn}
-                    transcript.write({"event": "proposal", "turn": turn, "tokens": tokens.model_dump()})
-                    return proposal
-            elif reply.stop_reason in STOPS_THAT_END:
-                raise AgentError(f"{STOPS_THAT_END[reply.stop_reason]} (turn {turn}, {self.model})")
-            elif nudged:
-                raise AgentError(f"the model ended its turn twice without calling propose ({self.model})")
-            else:
-                nudged = True
-                answer = [{"type": "text", "text": NUDGE}]
+                if reply.stop_reason == "max_tokens":  # a cut tool call may hold half its input: run none
+                    answer = [_tool_result(b.id, TRUNCATED, is_error=True) for b in tool_uses]
+                    answer = answer or [{"type": "text", "text": TRUNCATED}]
+                elif tool_uses:
+                    proposal, answer = self._use_tools(tool_uses, view)
+                    if proposal is not None:
+                        proposal.tokens = tokens
+                        proposal.meta = {**proposal.meta, "model": self.model, "turns": turn}
+                        transcript.write({"event": "proposal", "turn": turn, "tokens": tokens.model_dump()})
+                        return proposal
+                elif reply.stop_reason in STOPS_THAT_END:
+                    raise AgentError(f"{STOPS_THAT_END[reply.stop_reason]} (turn {turn}, {self.model})")
+                elif nudged:
+                    raise AgentError(f"the model ended its turn twice without calling propose ({self.model})")
+                else:
+                    nudged = True
+                    answer = [{"type": "text", "text": NUDGE}]
 
-            messages.append({"role": "user", "content": answer})
-            transcript.write({"event": "message", **messages[-1]})
-        raise AgentError(
-            f"no valid proposal after {self.max_turns} model turns (max_turns) with {self.model}"
-        )
+                messages.append({"role": "user", "content": answer})
+                transcript.write({"event": "message", **messages[-1]})
+            raise AgentError(
+                f"no valid proposal after {self.max_turns} model turns (max_turns) with {self.model}"
+            )
+        except AgentError as err:  # the turns before the failure were paid for: the ledger keeps their cost
+            err.tokens = tokens
+            err.meta = {**err.meta, "model": self.model, "turns": turn}
+            transcript.write(
+                {"event": "error", "turn": turn, "error": str(err), "tokens": tokens.model_dump()}
+            )
+            raise
 
     def _use_tools(
         self, tool_uses: list[ToolUseBlock], view: WorkspaceView

@@ -19,7 +19,19 @@ from models.errors import WorldloopError
 
 
 class AgentError(WorldloopError):
-    """The agent could not produce a usable proposal (API failure after retries, malformed reply...)."""
+    """The agent could not produce a usable proposal (API failure after retries, malformed reply...).
+
+    A failed attempt may still have cost money: `tokens` is what it spent before failing (zero when nothing
+    was spent or the agent cannot know) and `meta` what the agent knows about it (model, turns, session), so
+    the ledger keeps a failed proposal's spend as it keeps a successful one's `Proposal.tokens` and `.meta`.
+    """
+
+    def __init__(
+        self, message: str, *, tokens: TokenUse | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.tokens = tokens if tokens is not None else TokenUse()
+        self.meta: dict[str, Any] = dict(meta or {})
 
 
 class AgentExhausted(AgentError):
@@ -67,7 +79,11 @@ class Proposal(BaseModel):
     tokens: TokenUse = Field(default_factory=TokenUse)
     meta: dict[str, Any] = Field(
         default_factory=dict,
-        description="Agent data kept in the ledger, JSON-serializable (e.g. the local agent's params).",
+        description=(
+            "Agent data kept in the ledger, JSON-serializable (e.g. the local agent's params). An LLM agent "
+            "puts the model that actually answered under `model`, which may differ from `Agent.model` (an "
+            "alias, or None when the CLI picked its own default)."
+        ),
     )
 
 
@@ -94,7 +110,9 @@ class Agent(ABC):
     """Proposes one experiment at a time."""
 
     name: str = "agent"
-    model: str | None = None  # the LLM behind it, when there is one
+    model: str | None = (
+        None  # the LLM asked for, when there is one; the one that answered is in Proposal.meta
+    )
     typical_s: float = 30.0  # a guess at one proposal's time, for budgeting until the night has measured it
 
     @abstractmethod

@@ -2,9 +2,35 @@
 
 An agent must never write the worktree (the workspace applies, checks and commits edits), so the editable part
 of the project (`models/` and `experiments/`) is copied into a temporary directory, `claude -p` works there
-with file tools only (no shell, no web), and the difference between the copy and the originals becomes the
-proposal's edits. The CLI's final JSON result gives the hypothesis (a first line `HYPOTHESIS: ...` that the
-prompt asks for), the cost and the token counts.
+with file tools only, and the difference between the copy and the originals becomes the proposal's edits. The
+CLI's final JSON result gives the hypothesis (a first line `HYPOTHESIS: ...` that the prompt asks for), the
+cost, the tokens and the model that answered.
+
+The CLI is confined to the scratch copy by its own permission system, in layers, so that no single gap (an
+older CLI without a setting, a rule the user wrote) opens a path (per Claude Code's CLI, settings and
+permissions docs):
+
+- `--tools Read,Edit,Write,Glob,Grep` is the whole tool set offered: no Bash, web, sub-agents (Task/Agent),
+  notebooks or skills. `--allowedTools` is not used: it only pre-approves, and a bare `Write` there approves a
+  write to any path on the machine.
+- `--setting-sources ""` loads no user, project or local settings: the user's `~/.claude/settings.json` may
+  allow `Read`/`Write` everywhere, add directories, hooks, plugins or a permissive default mode. Only managed
+  (policy) settings, which an administrator enforces anyway, and our own `--settings` still apply.
+- `--settings` allows `Read(//<scratch>/**)` and `Edit(//<scratch>/**)` (Edit rules cover Write; `//` is an
+  absolute path), denies the file tools on the worktree, the checkout the harness runs from and the home
+  directory (deny beats allow in every mode), and sets `blockReadsOutsideWorkingDirectories` and
+  `blockWritesOutsideWorkingDirectories`, which refuse any file-tool path outside the working directory.
+- `--permission-mode dontAsk` denies whatever those rules do not pre-approve, instead of prompting; unlike
+  `acceptEdits` it has nothing to auto-approve.
+- `--strict-mcp-config` without `--mcp-config`: no MCP server (the user's own would add tools).
+
+It leaves no trace in `~/.claude`: `--no-session-persistence` (no transcript under `projects/`),
+`CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1` (no telemetry, error reports, update checks or their caches),
+`CLAUDE_CODE_DISABLE_AUTO_MEMORY=1` and `CLAUDE_CODE_DISABLE_FILE_CHECKPOINTING=1`. `HOME` and
+`CLAUDE_CONFIG_DIR` are left as they are on purpose: the user's login lives there (`.credentials.json`, or a
+macOS Keychain entry keyed by the config directory), and a private one would log a subscription user out;
+`ANTHROPIC_API_KEY` works either way. Settings the user keeps in `~/.claude/settings.json` for the CLI itself
+(an `apiKeyHelper`, an `env` block) are not read: export them in the environment instead.
 """
 
 from __future__ import annotations
@@ -29,8 +55,17 @@ log = logging.getLogger(__name__)
 
 EDITABLE_ROOTS = ("models", "experiments")
 IGNORED_PARTS = {"__pycache__", ".git", ".claude", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
-ALLOWED_TOOLS = "Read,Edit,Write,Glob,Grep"
-DISALLOWED_TOOLS = "Bash,WebFetch,WebSearch"
+FILE_TOOLS = "Read,Edit,Write,Glob,Grep"  # --tools: the only tools offered
+# Denied as well, in case a CLI ignored --tools.
+DISALLOWED_TOOLS = "Bash,WebFetch,WebSearch,Task,Agent,NotebookEdit"
+# What the rules do not allow is denied, never prompted for (print mode has nobody to ask).
+PERMISSION_MODE = "dontAsk"
+# The CLI's side traffic and the files it keeps in ~/.claude for itself; nothing the agent needs.
+QUIET_ENV = {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+    "CLAUDE_CODE_DISABLE_FILE_CHECKPOINTING": "1",
+}
 MAX_ARGV_PROMPT = 100_000  # bytes; a longer prompt goes through stdin (Linux caps one argument at 128 KiB)
 TRANSCRIPT_NAME = "agent_transcript.jsonl"
 INSTALL_URL = "https://docs.anthropic.com/en/docs/claude-code/setup"
@@ -132,22 +167,146 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
+def _cost(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _model_usage(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The result's `modelUsage`: per model id, its tokens (camelCase) and `costUSD`; {} when absent."""
+    usage = result.get("modelUsage")
+    if not isinstance(usage, dict):
+        return {}
+    return {str(name): entry for name, entry in usage.items() if isinstance(entry, dict)}
+
+
 def tokens_from_result(result: dict[str, Any]) -> TokenUse:
+    """What the whole session cost, summed over every model it used.
+
+    The CLI's `usage` counts only the main model's tokens, while `total_cost_usd` also pays for the small
+    model the CLI calls on the side (and for a fallback model), so `usage` and the cost disagree. `modelUsage`
+    has every model's tokens; `usage` is the fallback for a CLI that does not send it.
+    """
+    cost = _cost(result.get("total_cost_usd"))
+    per_model = _model_usage(result)
+    if per_model:
+        entries = list(per_model.values())
+        return TokenUse(
+            input_tokens=sum(_int(e.get("inputTokens")) for e in entries),
+            output_tokens=sum(_int(e.get("outputTokens")) for e in entries),
+            cache_read_tokens=sum(_int(e.get("cacheReadInputTokens")) for e in entries),
+            cache_write_tokens=sum(_int(e.get("cacheCreationInputTokens")) for e in entries),
+            cost_usd=cost if "total_cost_usd" in result else sum(_cost(e.get("costUSD")) for e in entries),
+        )
     usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
-    cost = result.get("total_cost_usd")
     return TokenUse(
         input_tokens=_int(usage.get("input_tokens")),
         output_tokens=_int(usage.get("output_tokens")),
         cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
         cache_write_tokens=_int(usage.get("cache_creation_input_tokens")),
-        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else 0.0,
+        cost_usd=cost,
     )
+
+
+def answered_model(result: dict[str, Any]) -> str | None:
+    """The model that did the work: the one `modelUsage` names, the biggest spender when there are several
+    (the CLI's side calls go to a small model); None when the result names none."""
+    per_model = _model_usage(result)
+
+    def spend(name: str) -> tuple[float, int]:
+        entry = per_model[name]
+        tokens = sum(_int(entry.get(k)) for k in ("inputTokens", "outputTokens", "cacheReadInputTokens"))
+        return _cost(entry.get("costUSD")), tokens
+
+    return max(per_model, key=spend) if per_model else None
+
+
+def denials(result: dict[str, Any], limit: int = 20) -> list[str]:
+    """The tool calls the permission rules refused, as `Tool path`: an agent trying to leave its copy."""
+    found = result.get("permission_denials")
+    shown = []
+    for denial in found if isinstance(found, list) else []:
+        if isinstance(denial, dict):
+            tool_input = denial.get("tool_input") if isinstance(denial.get("tool_input"), dict) else {}
+            target = tool_input.get("file_path") or tool_input.get("path") or tool_input.get("pattern") or ""
+            shown.append(f"{denial.get('tool_name', '?')} {target}".strip())
+    return shown[:limit]
+
+
+def describe_failure(result: dict[str, Any], stderr: str, max_turns: int | None) -> str:
+    """What went wrong, in one line, from an error result.
+
+    Two shapes reach here: an `error_*` subtype (max turns, budget, an error during execution), which has no
+    `result` but an `errors` list; and a failed API call, which the CLI reports as subtype `success` with
+    `is_error`, the message in `result` and the HTTP status in `api_error_status`.
+    """
+    subtype = result.get("subtype") if isinstance(result.get("subtype"), str) else ""
+    status = result.get("api_error_status")
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    errors = result.get("errors") if isinstance(result.get("errors"), list) else []
+    errors = [e.get("message", e) if isinstance(e, dict) else e for e in errors]
+    messages = [" ".join(str(e).split()) for e in errors if str(e).strip()]
+    text = result.get("result")
+    if not messages and isinstance(text, str) and text.strip():
+        messages = [" ".join(text.split())]
+    if not messages and subtype == "error_max_turns":
+        limit = f" (--max-turns {max_turns})" if max_turns else ""
+        messages = [f"stopped after {_int(result.get('num_turns'))} turns{limit}"]
+    if not messages and subtype == "error_max_budget_usd":
+        messages = [f"stopped at its budget after ${_cost(result.get('total_cost_usd')):.2f}"]
+    detail = "; ".join(messages) or (_last_line(stderr) if stderr.strip() else "no details given")
+    if status is not None and str(status) not in detail:
+        detail = f"API error {status}: {detail}"
+    kind = subtype if subtype and subtype != "success" else ("api_error" if status is not None else "error")
+    return f"claude failed ({kind}): {_clip(detail, 300)}"
+
+
+def _rule_path(path: Path) -> str:
+    """`path` as the absolute path of a permission rule (`//` then the path), glob characters escaped."""
+    return "/" + re.sub(r"([*?\[\]{}])", r"\\\1", path.as_posix())
+
+
+def confinement_settings(scratch: Path, protected: list[Path]) -> dict[str, Any]:
+    """The `--settings` of one run: file tools inside `scratch` only.
+
+    Allow rules name the scratch copy (Read rules also cover Glob and Grep, Edit rules cover Write); deny
+    rules name the places an escape would hurt (each of `protected` that does not hold the scratch copy,
+    since a deny there would deny the copy too), and the two `block...OutsideWorkingDirectories` switches
+    refuse every other path outside the working directory, whatever the mode or another rule says.
+    """
+    inside = _rule_path(scratch)
+    deny = DISALLOWED_TOOLS.split(",")
+    for place in dict.fromkeys(protected):
+        if not (scratch.is_relative_to(place) or place.is_relative_to(scratch)):
+            deny += [f"Read({_rule_path(place)}/**)", f"Edit({_rule_path(place)}/**)"]
+    return {
+        "permissions": {
+            "allow": [f"Read({inside}/**)", f"Edit({inside}/**)"],
+            "deny": deny,
+            "blockReadsOutsideWorkingDirectories": True,
+            "blockWritesOutsideWorkingDirectories": True,
+        },
+        "autoMemoryEnabled": False,
+    }
+
+
+def protected_places(context: AgentContext) -> list[Path]:
+    """Where the agent must never read or write: the night's worktree (and the pinned judge in it), the
+    user's checkout the harness runs from, and the home directory (credentials, other projects)."""
+    return [Path(context.workspace).resolve(), Path.cwd().resolve(), Path.home().resolve()]
+
+
+def cli_environment() -> dict[str, str]:
+    """The harness's environment (the key, the user's login), plus QUIET_ENV."""
+    return {**os.environ, **QUIET_ENV}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _last_line(text: str, limit: int = 200) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    line = lines[-1] if lines else "(no output)"
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return _clip(lines[-1] if lines else "(no output)", limit)
 
 
 def parse_output(stdout: str) -> dict[str, Any] | None:
@@ -183,9 +342,13 @@ class ClaudeCodeAgent(Agent):
         self.max_turns = max_turns
         self.executable = executable
 
-    def command(self, executable: str, prompt_arg: str) -> list[str]:
-        cmd = [executable, "-p", prompt_arg, "--output-format", "json", "--permission-mode", "acceptEdits"]
-        cmd += ["--allowedTools", ALLOWED_TOOLS, "--disallowedTools", DISALLOWED_TOOLS]
+    def command(self, executable: str, prompt_arg: str, settings: dict[str, Any]) -> list[str]:
+        """The argv: the prompt right after `-p`, since the tool lists are variadic options that would take a
+        prompt placed after them for one more tool name."""
+        cmd = [executable, "-p", prompt_arg, "--output-format", "json", "--tools", FILE_TOOLS]
+        cmd += ["--disallowedTools", DISALLOWED_TOOLS, "--permission-mode", PERMISSION_MODE]
+        cmd += ["--setting-sources", "", "--settings", json.dumps(settings)]
+        cmd += ["--strict-mcp-config", "--no-session-persistence"]
         if self.model:
             cmd += ["--model", self.model]
         if self.max_turns:
@@ -199,24 +362,28 @@ class ClaudeCodeAgent(Agent):
         originals = snapshot(Path(context.workspace))
         prompt = build_prompt(context)
         with tempfile.TemporaryDirectory(prefix="worldloop-claude-") as tmp:
-            scratch = Path(tmp) / "project"
+            # Resolved, so the rules name the path the CLI sees as its working directory (/tmp may be a link).
+            scratch = Path(tmp).resolve() / "project"
             for rel, data in originals.items():
                 target = scratch / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             scratch.mkdir(exist_ok=True)
-            result = self._run(executable, prompt, scratch, context)
+            settings = confinement_settings(scratch, protected_places(context))
+            result = self._run(executable, prompt, scratch, settings, context)
             edits, skipped = diff_edits(originals, scratch_files(scratch))
 
+        tokens, meta = tokens_from_result(result), self._meta(result)
         text = result.get("result") if isinstance(result.get("result"), str) else ""
         hypothesis, experiment, rationale = parse_result_text(text)
         if not edits and experiment is None:
-            raise AgentError(f"claude changed no file and named no experiment: {_last_line(text)}")
+            raise AgentError(
+                f"claude changed no file and named no experiment: {_last_line(text)}",
+                tokens=tokens,
+                meta=meta,
+            )
         if hypothesis is None:
             hypothesis = "claude-code edit of " + ", ".join(e.path for e in edits[:3])
-        meta: dict[str, Any] = {"session_id": result.get("session_id"), "num_turns": result.get("num_turns")}
-        if self.model:
-            meta["model"] = self.model
         if skipped:
             meta["skipped_binary"] = skipped
             log.warning("claude-code: ignored changes to non-text files %s", ", ".join(skipped))
@@ -225,19 +392,39 @@ class ClaudeCodeAgent(Agent):
             rationale=rationale,
             edits=edits,
             experiment=experiment,
-            tokens=tokens_from_result(result),
+            tokens=tokens,
             meta=meta,
         )
 
-    def _run(self, executable: str, prompt: str, cwd: Path, context: AgentContext) -> dict[str, Any]:
+    def _meta(self, result: dict[str, Any]) -> dict[str, Any]:
+        """For the ledger: the session, and the model that answered (the one asked for when the result names
+        none), since without `--model` the CLI picks its own and `self.model` is None."""
+        meta: dict[str, Any] = {"session_id": result.get("session_id"), "num_turns": result.get("num_turns")}
+        model = answered_model(result) or self.model
+        if model:
+            meta["model"] = model
+        used = sorted(_model_usage(result))
+        if len(used) > 1:
+            meta["models"] = used
+        refused = denials(result)
+        if refused:
+            meta["permission_denials"] = refused
+            log.warning("claude-code: the CLI refused %s", "; ".join(refused))
+        return meta
+
+    def _run(
+        self, executable: str, prompt: str, cwd: Path, settings: dict[str, Any], context: AgentContext
+    ) -> dict[str, Any]:
         """Run the CLI to completion (killing its whole process group on timeout) and return its result."""
-        via_stdin = len(prompt.encode("utf-8")) > MAX_ARGV_PROMPT
+        # A prompt starting with "-" would read as an option: it goes through stdin like a long one.
+        via_stdin = len(prompt.encode("utf-8")) > MAX_ARGV_PROMPT or prompt.startswith("-")
         prompt_arg = "Follow the instructions given on standard input." if via_stdin else prompt
-        cmd = self.command(executable, prompt_arg)
+        cmd = self.command(executable, prompt_arg, settings)
         timeout = self.timeout_s if context.remaining_s <= 0 else min(self.timeout_s, context.remaining_s)
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
+            env=cli_environment(),
             stdin=subprocess.PIPE if via_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -261,9 +448,10 @@ class ClaudeCodeAgent(Agent):
                 f"claude exited {proc.returncode} without a JSON result: {_last_line(stderr or stdout)}"
             )
         if result.get("is_error") or result.get("subtype", "success") != "success":
-            what = result.get("result") if isinstance(result.get("result"), str) else ""
             raise AgentError(
-                f"claude failed ({result.get('subtype', 'error')}): {_last_line(what or stderr)}"
+                describe_failure(result, stderr, self.max_turns),
+                tokens=tokens_from_result(result),
+                meta=self._meta(result),
             )
         return result
 
@@ -276,6 +464,7 @@ class ClaudeCodeAgent(Agent):
             {
                 "event": "claude_code",
                 "command": shown,
+                "env": QUIET_ENV,
                 "returncode": returncode,
                 "result": result,
                 "stderr_tail": stderr[-2000:],
