@@ -24,6 +24,7 @@ from benchmarks.common import Row, print_table, write_section
 from models.checkpoint import load_run
 from models.data import load_split
 from models.evaluate import evaluate
+from models.serve import ModelPredictor
 from models.world_model import to_tensor
 
 NAME = "world_models"
@@ -43,7 +44,7 @@ def judge(run: Path, dataset: Path, sample_steps: int | None = None) -> dict:
     if sample_steps is not None:
         model.config = model.config.model_copy(update={"sample_steps": sample_steps})
     split = load_split(dataset, config.canvas, "val", config.data.split())
-    return evaluate(model, split, max_samples=512).metrics
+    return evaluate(ModelPredictor(model), split, max_samples=512).metrics
 
 
 def quality_rows(label: str, train: dict, metrics: dict) -> list[Row]:

@@ -40,7 +40,7 @@ def train(ctx: typer.Context) -> None:
     add_help_option=False,
 )
 def evaluate(ctx: typer.Context) -> None:
-    """Judge a run on val or test: same options as `python -m models.evaluate` (see --help)."""
+    """Judge a run on val or test, its model in a process of its own (= `python -m models.evaluate`)."""
     from models.evaluate import main as evaluate_main
 
     evaluate_main(ctx.args or ["--help"])

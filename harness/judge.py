@@ -6,9 +6,8 @@ one place the night's noise is measured.
 Two runs of the same code differ: a new seed, another data order, another share of the machine. On 2 CPU
 cores two-minute DiT runs of one config spread by ~1.5% in val mse (σ) and ~0.02 in cf_acc, so a fixed 1%
 margin keeps a change that does nothing about a third of the time. The night therefore measures its own
-noise (the baseline trained on several seeds, and every confirmation pair after it), demands a gain of
-`NOISE_K` noise-floor standard deviations (never less than `MIN_MARGIN`), and confirms a win with a second
-seed before the branch moves.
+noise (the baseline trained on several seeds), demands a gain of `NOISE_K` noise-floor standard deviations
+(never less than `MIN_MARGIN`), and confirms a win with a second seed before the branch moves.
 """
 
 from __future__ import annotations
@@ -33,8 +32,9 @@ NOISE_K = 2.0
 """How many noise-floor standard deviations a gain must exceed. A one-seed candidate against a two-seed best
 differs by noise of √(1 + 1/2) σ ≈ 1.22 σ, so 2 σ is a one-sided test at about 5% for a change that does
 nothing; the confirmation (mean of two seeds against the best's mean, noise σ) must clear the same bar
-again. Simulated on 20 no-op proposals with σ = 1.5% and a floor from two baseline seeds: 0.3 false keeps
-per night on average (1.4 under the old fixed 1% rule), more than one in 2% of nights."""
+again. Simulated on nights of 20 no-op proposals with σ = 1.5% and the floor from two baseline seeds (one
+degree of freedom, so sometimes far too low): 0.44 false keeps per night on average, more than one in 5% of
+nights (1.4 on average under the old fixed 1% rule); benchmarks/verdicts.py measures it on real nights."""
 
 Metrics = dict[str, float | int | str | None]
 
@@ -103,11 +103,11 @@ def relative_change(new: float | None, old: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class NoiseFloor:
-    """How much same-code runs differ: pooled over every group of runs of one commit the night has.
+    """How much same-code runs differ, pooled over groups of runs of one commit (the night: its baseline).
 
     `mse` is relative (σ of val mse as a fraction of the group's mean, so it carries from the baseline to
     better models); `cf_acc` is absolute. `dof` is the degrees of freedom behind them (runs minus groups):
-    two baseline seeds give one, a rough estimate, and each confirmation pair adds one.
+    two baseline seeds give one, a rough estimate; `--baseline-seeds 4` gives three.
     """
 
     mse: float | None = None

@@ -320,8 +320,14 @@ def best_run(records: list[RunRecord]) -> RunRecord | None:
 
 
 def night_noise(records: list[RunRecord]) -> NoiseFloor:
-    """The night's noise floor: every run judged on more than one seed is a group of same-code runs."""
-    return noise_floor([r.seed_metrics for r in records if r.status in EVALUATED])
+    """The night's noise floor: the spread of its baseline's seeds.
+
+    Only the baseline's: its seeds are trained before anything is judged, while a confirmation pair is
+    chosen by its first seed (an unconfirmed pair for disagreeing, a confirmed one for agreeing), so pooling
+    those would bias the floor, and one seed-unstable idea would widen the margin for every later run.
+    """
+    baseline = baseline_run(records)
+    return noise_floor([baseline.seed_metrics] if baseline and baseline.status in EVALUATED else [])
 
 
 def baseline_run(records: list[RunRecord]) -> RunRecord | None:

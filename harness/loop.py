@@ -44,13 +44,14 @@ from harness.ledger import (
     now,
 )
 from harness.paths import NightPaths, run_id_for
-from harness.workspace import ALLOWED_TEXT, ProposalRejected, Workspace
-from models.config import ExperimentConfig
+from harness.pinned import ALLOWED_TEXT, extract_judge
+from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
-from models.errors import WorldloopError
+from models.task import default_experiment, load_task
 
 LOOP_FILE = "LOOP.md"
-EXPERIMENTS = {"dit": "experiments/dit.toml", "gpt": "experiments/gpt.toml"}
+EXPERIMENTS = {kind: default_experiment(kind) for kind in ("dit", "gpt")}
+"""Each model kind's default experiment; its task, as at the night's base, is what the kind is judged on."""
 FEEDBACK_RUNS = 3  # latest runs shown to the agent in detail
 MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 
@@ -107,15 +108,6 @@ def model_kind(experiment: Path) -> str:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ProposalRejected(f"{experiment.name}: cannot read it ({err})") from None
     return str(raw.get("model", {}).get("kind", "dit"))
-
-
-def task_config(experiment: Path) -> ExperimentConfig:
-    """The task part of an experiment (its [canvas] and [data] sections, pinned for the night)."""
-    try:
-        raw = tomllib.loads(Path(experiment).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise WorldloopError(f"{experiment}: cannot read the experiment config ({err})") from None
-    return ExperimentConfig.model_validate({k: raw[k] for k in ("canvas", "data") if k in raw})
 
 
 def default_grace(per_run_s: float) -> float:
@@ -268,9 +260,11 @@ class Night:
         self._restore(records)
         used = sum(r.timings.total_s for r in records)
         self.deadline = time.monotonic() + max(0.0, self.info.budget_s - used)
-        self.executor = Executor(self.workspace.path, s.dataset, on_tick=self._tick)
+        # The judge: the pinned files and experiment configs of the base commit, never the worktree's.
+        judge = extract_judge(paths.root, self.info.base_commit, paths.runs / "judge")
+        self.executor = Executor(self.workspace.path, s.dataset, on_tick=self._tick, judge_root=judge)
         for kind in s.model_kinds:
-            task = task_config(self.workspace.path / EXPERIMENTS[kind])
+            task = load_task(judge / EXPERIMENTS[kind])
             build_cache(s.dataset, task.canvas, task.data.split())
 
     def _restore(self, records: list[RunRecord]) -> None:
@@ -626,11 +620,13 @@ class Night:
         try:
             proposal = self.agent.propose(context)
             self.agent_failures = 0
+            self._note_model(proposal.meta)
             return proposal
         except AgentExhausted as done:
             raise NightEnded(f"the agent has nothing more to propose ({done})") from None
         except AgentError as err:
             self.agent_failures += 1
+            self._note_model(err.meta)
             run.timings.agent_s = time.monotonic() - start
             record = dict(
                 run_id=run.run_id,
@@ -648,6 +644,13 @@ class Night:
             return None
         finally:
             run.timings.agent_s = time.monotonic() - start
+
+    def _note_model(self, meta: dict) -> None:
+        """night.json names the LLM that answered, when the night did not name one (`--model` left out)."""
+        answered = meta.get("model")
+        if self.info.agent_model is None and isinstance(answered, str) and answered:
+            self.info.agent_model = answered
+            self.info.write(self.paths)
 
     def _commit(
         self, proposal: Proposal, run: RunOutcome, run_dir: Path, experiment: str, best_commit: str

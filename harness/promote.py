@@ -11,14 +11,16 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
-from harness.executor import Executor
+from harness.executor import Executor, StepResult
 from harness.files import atomic_write_text
 from harness.ledger import EVALUATED, NightInfo, find_run, load_metrics, now
+from harness.pinned import extract_judge
 from models.errors import WorldloopError
 from models.promoted import (
     CHECKPOINTS_DIR,
@@ -29,6 +31,7 @@ from models.promoted import (
     known_checkpoints,
     verify,
 )
+from models.task import default_experiment
 
 RUN_FILES = (
     "config.json",
@@ -82,24 +85,24 @@ def promote(root: Path, run_id: str, alias: str | None = "best", test_samples: i
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, tmp / RUN_DIR / name)
     _code_snapshot(root, record.commit, tmp / CODE_DIR)
-    test = record.metrics_test or load_metrics(tmp / RUN_DIR / "eval_test.json")
-    if test is None:  # judged now, by the run's own code (the judge itself is pinned, so it is the night's)
-        info = NightInfo.read(paths)
-        dataset = Path(info.dataset) if info and info.dataset else root / "data/sim"
-        step, test = Executor(tmp / CODE_DIR, dataset).evaluate(
-            tmp / RUN_DIR, "test", test_samples, TEST_TIMEOUT_S
-        )
-        if test is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise WorldloopError(f"evaluating {run_id} on test failed: {step.reason}")
-        (tmp / RUN_DIR / "eval_test.log").unlink(missing_ok=True)
     config = json.loads((tmp / RUN_DIR / "config.json").read_text())
+    kind = record.model_kind or config.get("model", {}).get("kind")
+    test = record.metrics_test or load_metrics(tmp / RUN_DIR / "eval_test.json")
+    if test is None:
+        try:
+            step, test = judge_on_test(root, NightInfo.read(paths), kind, tmp, test_samples)
+            if test is None:
+                raise WorldloopError(f"evaluating {run_id} on test failed: {step.reason}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        (tmp / RUN_DIR / "eval_test.log").unlink(missing_ok=True)
     manifest = {
         "run_id": run_id,
         "tag": record.tag,
         "commit": record.commit,
         "hypothesis": record.hypothesis,
-        "model_kind": record.model_kind or config.get("model", {}).get("kind"),
+        "model_kind": kind,
         "canvas": config.get("canvas", {}),
         "metrics": {"val": record.metrics_val, "test": test},
         "promoted_at": now().isoformat(),
@@ -115,6 +118,21 @@ def promote(root: Path, run_id: str, alias: str | None = "best", test_samples: i
     if alias:
         point_alias(root, alias, run_id)
     return Promoted(run_id, dest, aliases_of(root).get(run_id, []), manifest)
+
+
+def judge_on_test(
+    root: Path, info: NightInfo | None, kind: str, checkpoint: Path, samples: int
+) -> tuple[StepResult, dict | None]:
+    """The run's test metrics, judged now as its night would have: the night's judge (rebuilt from its base
+    commit) and the night's task for the run's model kind, the model run by the checkpoint's own code."""
+    if info is None or not info.base_commit:
+        raise WorldloopError(f"night {info.tag if info else '?'} has no base commit on record to judge with")
+    dataset = Path(info.dataset) if info.dataset else root / "data/sim"
+    with tempfile.TemporaryDirectory(prefix="worldloop-judge-") as scratch:
+        judge = extract_judge(root, info.base_commit, Path(scratch) / "judge")
+        executor = Executor(checkpoint / CODE_DIR, dataset, judge_root=judge)
+        task = default_experiment(kind)
+        return executor.evaluate(checkpoint / RUN_DIR, "test", samples, TEST_TIMEOUT_S, task=task)
 
 
 def point_alias(root: Path, alias: str, run_id: str) -> Path:

@@ -5,13 +5,12 @@
 
 The user's checkout and branch are never touched: everything happens in the worktree, created from the
 commit that was HEAD when the night started (the night's base). Edits are allowed only under `models/` and
-`experiments/`, minus the judging and data code, and an experiment config may not change the task (its
-canvas and data sections must stay the base's).
+`experiments/`, minus the pinned files (harness/pinned.py), and an experiment config may not change the task
+(its canvas and data sections must stay the base's).
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,38 +18,10 @@ from pathlib import Path, PurePosixPath
 import git
 
 from harness.agents.base import FileEdit, Proposal
+from harness.pinned import ALLOWED_DIRS, ALLOWED_TEXT, EDITABLE_SUFFIXES, PINNED_FILES
 from harness.secrets import redact
 from models.errors import WorldloopError
-
-ALLOWED_DIRS = ("models", "experiments")
-PINNED_FILES = (
-    "models/__init__.py",  # imported before the judge
-    "models/evaluate.py",  # the judge
-    "models/data.py",  # splits, samples, the canvas cache
-    "models/canvas.py",  # what a sample looks like
-    "models/lerobot.py",  # reading the dataset
-    "models/episode.py",
-    "models/vocab.py",  # action ids and colors, how actions are derived
-    "experiments/space.toml",  # the offline agent's search space is the researcher's, not the agent's
-)
-"""Files under the allowed directories that decide how runs are judged: never edited by a proposal."""
-
-EDITABLE_SUFFIXES = (".py", ".toml", ".md", ".txt", ".json")
-"""What a proposal may write: text only; no binaries (a compiled module could shadow the judge)."""
-
-JUDGE_IMPORT = re.compile(
-    r"\bmodels\.evaluate\b|from\s+models\s+import\s+[^\n]*\bevaluate\b|import\s+evaluate\b"
-)
-"""Agent code that imports the judge could patch it at import time: such an edit is refused."""
-
-PINNED_SECTIONS = ("canvas", "data")
-"""Experiment-config sections that define the task: a proposal may not change them."""
-
-ALLOWED_TEXT = (
-    "files under models/ and experiments/, except "
-    + ", ".join(PINNED_FILES)
-    + "; experiment configs keep their [canvas] and [data] sections"
-)
+from models.task import TASK_SECTIONS, default_experiment
 
 AUTHOR = git.Actor("worldloop harness", "harness@worldloop.invalid")
 
@@ -83,7 +54,9 @@ def check_path(path: str) -> str:
     for pinned in PINNED_FILES:
         pinned_stem = pinned.rsplit(".", 1)[0]
         if normalized == pinned or stem == pinned_stem or normalized.startswith(pinned_stem + "/"):
-            raise ProposalRejected(f"{normalized}: pinned judging/data code; the allowlist is {ALLOWED_TEXT}")
+            raise ProposalRejected(
+                f"{normalized}: pinned (it decides how runs are judged); the allowlist is {ALLOWED_TEXT}"
+            )
     if PurePosixPath(normalized).suffix not in EDITABLE_SUFFIXES:
         raise ProposalRejected(f"{normalized}: only {', '.join(EDITABLE_SUFFIXES)} files may be written")
     return normalized
@@ -173,7 +146,10 @@ class Workspace:
         return sorted(writes)
 
     def check(self, changed: list[str], base_commit: str | None = None) -> None:
-        """Changed Python compiles; changed experiment configs keep the base's task sections."""
+        """Changed Python compiles; changed experiment configs keep the base's task sections.
+
+        Model code may import anything, the judge included: the judge runs in a process of its own, from a
+        snapshot of the base commit, where no code of the agent's ever runs (harness/pinned.py)."""
         for path in changed:
             target = self.path / path
             if not target.exists():
@@ -184,8 +160,6 @@ class Workspace:
                     compile(source, path, "exec")
                 except (SyntaxError, ValueError) as err:
                     raise ProposalRejected(f"{path} does not compile: {err}") from None
-                if JUDGE_IMPORT.search(source):
-                    raise ProposalRejected(f"{path} imports the judge (models.evaluate); model code may not")
             elif path.endswith(".toml"):
                 self._check_toml(path, base_commit)
 
@@ -196,15 +170,27 @@ class Workspace:
             raise ProposalRejected(f"{path} is not valid TOML: {err}") from None
         if base_commit is None or not path.startswith("experiments/"):
             return
-        try:
-            old = tomllib.loads(self.repo.git.show(f"{base_commit}:{path}"))
-        except git.GitCommandError:
-            old = {}  # a new experiment file: its task sections must still be the defaults' (checked by use)
-        for section in PINNED_SECTIONS:
-            if old and new.get(section) != old.get(section):
+        # A new experiment is held to the task of its model kind's default experiment: the one it is
+        # judged on (a different canvas would cost a whole training before the judge refused it).
+        kind = str(new.get("model", {}).get("kind", "dit"))
+        reference = path
+        old = self._base_toml(base_commit, path)
+        if old is None:
+            reference = default_experiment(kind)
+            old = self._base_toml(base_commit, reference)
+        for section in TASK_SECTIONS:
+            if old is not None and new.get(section) != old.get(section):
                 raise ProposalRejected(
-                    f"{path}: the [{section}] section defines the task and must stay as in the base commit"
+                    f"{path}: the [{section}] section defines the task and must stay as in "
+                    f"{reference} at the base commit"
                 )
+
+    def _base_toml(self, base_commit: str, path: str) -> dict | None:
+        """A TOML file as committed at the night's base, or None when it is not there (or not TOML)."""
+        try:
+            return tomllib.loads(self.repo.git.show(f"{base_commit}:{path}"))
+        except (git.GitCommandError, tomllib.TOMLDecodeError):
+            return None
 
     def commit(self, message: str) -> Commit:
         """Commit everything changed under the allowed directories on the night's branch."""

@@ -6,14 +6,14 @@ A run directory holds `config.json` (the whole ExperimentConfig: model, canvas, 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from models.atomic import replacing
+from models.atomic import write_json as write_json  # training writes its config.json and metrics with it
 from models.config import ExperimentConfig
 from models.errors import ConfigError, WorldloopError, describe_validation_error
 from models.world_model import WorldModel
@@ -40,15 +40,8 @@ def build_model(config: ExperimentConfig) -> WorldModel:
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Atomic safetensors write: a reader never sees half a checkpoint."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def read_config(run_dir: Path) -> ExperimentConfig:

@@ -7,15 +7,14 @@ whole config is saved next to every checkpoint (`config.json`) so a run can be r
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.canvas import CanvasConfig
-from models.data import SplitConfig
 from models.errors import ConfigError, describe_validation_error
+from models.task import DataConfig, read_toml
 
 
 class _Strict(BaseModel):
@@ -74,20 +73,6 @@ class GPTConfig(TransformerConfig):
 ModelConfig = Annotated[DiTConfig | GPTConfig, Field(discriminator="kind")]
 
 
-class DataConfig(_Strict):
-    dataset: Path = Field(
-        Path("data/sim"), description="LeRobot v3.0 dataset directory (relative to the cwd)."
-    )
-    split_seed: int = 0
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    test_fraction: float = Field(0.1, ge=0, lt=1)
-
-    def split(self) -> SplitConfig:
-        return SplitConfig(
-            seed=self.split_seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction
-        )
-
-
 class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1, description="Small batches, many steps: what works on a CPU budget.")
     lr: float = Field(3e-4, gt=0)
@@ -103,6 +88,9 @@ class TrainConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
+    """A whole experiment. Its `canvas` and `data` sections are the task (models/task.py); the judge reads
+    them from the night's experiment config, never from a run's config.json."""
+
     model: ModelConfig = Field(default_factory=DiTConfig)
     canvas: CanvasConfig = Field(default_factory=CanvasConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -111,13 +99,7 @@ class ExperimentConfig(_Strict):
 
 def load_config(path: Path) -> ExperimentConfig:
     """Read and validate an experiment TOML; errors name the file and every bad field."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    raw = read_toml(path)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

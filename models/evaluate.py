@@ -1,13 +1,21 @@
-"""The judge: metrics of a world model on a split, from `WorldModel.predict` alone.
+"""The judge: metrics of a world model on a split of the night's task, from the frames it predicts.
 
-Judging code: the harness always runs this file from the night's base commit, so the agent can change a model
-but never how it is scored. It is deterministic for a given checkpoint and seed (fixed sample choice, one
-seed per batch, torch seeded first), and it only calls `predict`, so any model the agent invents plugs in.
+Judging code (pinned): the harness runs this file, and every module it imports, from a snapshot of the
+night's base commit (harness/pinned.py), in a process where no code of the agent's runs. The truth comes
+from the task (canvas, dataset, split: models/task.py) and the dataset's uint8 canvases. The model only
+answers requests (models/predictor.py): in a process of its own in the agent's tree, it gets contexts with
+the target blanked and returns uint8 frames, as a camera would. The judge is deterministic for a given
+checkpoint and seed (fixed sample choice, one seed per batch).
 
-    python -m models.evaluate runs/0007 --split val [--dataset data/sim] [--max-samples 512] [--seed 0]
+    python -m models.evaluate runs/0007 --split val [--task experiments/dit.toml] [--dataset data/sim]
+        [--max-samples 512] [--seed 0] [--device cpu] [--predictor-root .] [--timeout 600]
 
-What is measured, all on the target step's camera pixels (the motor strip is scored by `motor_dir_acc`),
-on the [0, 1] scale:
+`--task` defaults to `experiments/<model kind>.toml` of the tree this judge runs from, what a person
+judging a run of their checkout expects; the harness always names the night's. `--predictor-root` (the tree
+whose code loads and runs the model) defaults to that tree too; the harness passes the night's worktree.
+
+What is measured, all on the target step's camera pixels (the motor strip is scored by `motor_dir_acc`), as
+uint8 pixels scaled to [0, 1]:
 - `mse`, `psnr`, `ssim` of the prediction under the true action;
 - `dyn_mse`: error on the pixels that change between the last context frame and the target, where a model
   that copies the last frame is wrong; `copy_*` are the copy-last-frame baseline's numbers on the same pixels;
@@ -15,17 +23,20 @@ on the [0, 1] scale:
   Ties share credit, so an action-blind model scores exactly chance (1/3);
 - `cf_spread`: how different the predictions under different actions are;
 - `motor_dir_acc`: does the predicted motor strip move the action joint the way it really moved;
-- `infer_ms`: the planner's cost, 9 contexts x 3 actions per call.
+- `infer_ms_27`: the planner's call, 9 contexts x 3 actions, timed by the judge around the request (uint8
+  in, uint8 out, as the robot calls it): the fastest of 5 after a warm-up; `infer_ms` is that per frame.
+  `infer_ms_27_noise` = (median - fastest) / fastest of the 5: the load on the machine, so a change between
+  two runs means something only past both runs' noise.
 
-The model never sees the answer: the target step and the last separator (which carries the true action's
-color) are blanked to mid-gray before `predict`, which paints the separator from the candidate action itself.
+The model never sees the answer: the judge blanks the target step and the last separator (which carries the
+true action's color) to mid-gray before a context leaves it; `predict` paints the separator from the
+candidate action itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -38,12 +49,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.atomic import replacing, write_json
 from models.canvas import CanvasConfig, CanvasLayout
-from models.checkpoint import load_run, write_json
 from models.data import SPLITS, CanvasSplit, load_split
 from models.errors import DatasetError, WorldloopError
+from models.pixels import MID_GRAY
+from models.predictor import Predictor, PredictorError, PredictorProcess, Request
+from models.task import Task, default_experiment, load_task
 from models.vocab import ACTION_JOINT, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
-from models.world_model import WorldModel, to_tensor, to_uint8
+
+CODE_ROOT = Path(__file__).resolve().parents[1]
+"""The tree this judge runs from: where `--task` and `--predictor-root` default to."""
 
 DYNAMIC_THRESHOLD = 0.05
 """A pixel is dynamic when max over channels |last context - target| exceeds this ([0, 1] scale): ~13 gray
@@ -58,7 +74,10 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 TIMING_CONTEXTS = 9
 """The planner's call: 9 contexts x 3 actions = 27 predicted frames."""
 
-TIMING_KEYS = ("infer_ms", "infer_ms_27")
+TIMING_REPEATS = 5
+"""Timed calls after the warm-up: the fastest is the model's cost, their spread the machine's load."""
+
+TIMING_KEYS = ("infer_ms", "infer_ms_27", "infer_ms_27_noise")
 """Metrics that are measured, not computed: the only ones that differ between two identical evaluations."""
 
 Metrics = dict[str, float | int | str | None]
@@ -92,10 +111,11 @@ class EvalResult:
 # ---------------------------------------------------------------------------------------- pixel metrics
 
 
-def unit(x: Tensor) -> Tensor:
-    """Model space [-1, 1] -> [0, 1] in float64. Truth, baseline and predictions all take this path, so a
-    model that returns its input pixels unchanged scores bit-exactly what the copy baseline scores."""
-    return (x.double().clamp(-1, 1) + 1) / 2
+def unit(pixels: np.ndarray) -> Tensor:
+    """uint8 (..., H, W, 3) -> float64 (..., 3, H, W) in [0, 1], contiguous. Truth, baseline and predictions
+    all take this path, so a model that returns its input's last step scores bit-exactly what the copy
+    baseline scores."""
+    return (torch.from_numpy(np.ascontiguousarray(pixels)).movedim(-1, -3).double() / 255).contiguous()
 
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -172,19 +192,47 @@ def example_positions(n: int, count: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- the judge
 
 
-def model_inputs(canvases: np.ndarray, layout: CanvasLayout, device: torch.device | str) -> Tensor:
-    """Canvases as the model sees them: the target step and the last separator blanked to mid-gray (0)."""
-    x = to_tensor(canvases, device)
-    x[..., layout.target_columns] = 0.0
-    x[..., layout.separator_columns(layout.config.history - 1)] = 0.0
-    return x
+def hidden_columns(layout: CanvasLayout) -> tuple[tuple[int, int], ...]:
+    """Columns a model must not see: the target step, and the last separator (the true action's color)."""
+    target, separator = layout.target_columns, layout.separator_columns(layout.config.history - 1)
+    return ((target.start, target.stop), (separator.start, separator.stop))
 
 
-def check_prediction(pred: Tensor, expected: tuple[int, ...]) -> None:
-    if tuple(pred.shape) != expected:
-        raise ValueError(f"predict returned shape {tuple(pred.shape)}, expected {expected}")
-    if not torch.isfinite(pred).all():
-        raise WorldloopError("the model predicted non-finite values (NaN or inf)")
+def request_for(canvases: np.ndarray, layout: CanvasLayout, seed: int) -> Request:
+    """The request for canvases (b, H, W, 3) under every action, the answer blanked out of the pixels."""
+    hidden = hidden_columns(layout)
+    context = np.array(canvases, dtype=np.uint8)  # a copy: the split's canvases stay as they are
+    for start, stop in hidden:
+        context[:, :, start:stop] = MID_GRAY
+    actions = np.tile(np.arange(NUM_ACTIONS, dtype=np.int64), (len(canvases), 1))
+    return Request(context=context, actions=actions, seed=seed, hidden=hidden)
+
+
+def check_prediction(frames: np.ndarray, expected: tuple[int, ...]) -> None:
+    """Frames of the expected (b, K, H, W_target, 3) uint8 shape; the error speaks of `predict`'s shape."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise PredictorError(f"the predictor returned {type(frames).__name__} frames, not uint8 pixels")
+    if frames.shape != expected:
+
+        def as_model(shape: tuple[int, ...]) -> tuple[int, ...]:  # (..., H, W, 3) -> (..., 3, H, W)
+            return (*shape[:-3], shape[-1], *shape[-3:-1]) if len(shape) >= 3 else shape
+
+        shape, want = as_model(frames.shape), as_model(expected)
+        raise PredictorError(f"predict returned shape {shape}, expected {want}")
+
+
+def check_canvas(predictor: Predictor, config: CanvasConfig) -> None:
+    """A model built for another canvas than the task's is refused: its scores would mean nothing."""
+    if predictor.canvas is None:
+        return
+    try:
+        canvas = CanvasConfig.model_validate(predictor.canvas)
+    except ValueError as err:
+        raise PredictorError(f"the model's canvas is not a canvas config ({err})") from None
+    if canvas != config:
+        mine, theirs = config.model_dump(), canvas.model_dump()
+        diff = ", ".join(f"{k} {theirs[k]} (task: {mine[k]})" for k in mine if mine[k] != theirs[k])
+        raise WorldloopError(f"the model was built for another canvas than the task's: {diff}")
 
 
 def motor_joint(config: CanvasConfig) -> int | None:
@@ -221,32 +269,29 @@ class Scores:
         )
 
 
-def score_batch(pred: Tensor, canvases: np.ndarray, true_actions: np.ndarray, config: CanvasConfig) -> Scores:
-    """Scores of predictions (b, K, 3, H, W_t) of uint8 canvases (b, H, W, 3) and their true actions."""
+def score_batch(
+    frames: np.ndarray, canvases: np.ndarray, true_actions: np.ndarray, config: CanvasConfig
+) -> Scores:
+    """Scores of predicted frames (b, K, H, W_t, 3) of uint8 canvases (b, H, W, 3) and their true actions."""
     layout, b = config.layout, len(canvases)
     cam = slice(0, layout.strip_rows.start)  # camera rows: the strip is scored by motor_dir_acc only
-    full = to_tensor(canvases, pred.device)
-    truth = unit(full[:, :, cam, layout.target_columns])
-    last = unit(full[:, :, cam, layout.step_columns(config.history - 1)])
-    preds = [unit(pred[:, a, :, cam]) for a in range(NUM_ACTIONS)]
-    whole = pred[torch.arange(b, device=pred.device), torch.as_tensor(true_actions, device=pred.device)]
-    under_true = unit(whole[:, :, cam])  # the prediction under the true action
+    full = unit(canvases)
+    truth = full[:, :, cam, layout.target_columns]
+    last = full[:, :, cam, layout.step_columns(config.history - 1)]
+    predicted = unit(frames)
+    preds = [predicted[:, a, :, cam] for a in range(NUM_ACTIONS)]
+    whole = frames[np.arange(b), true_actions]  # the prediction under the true action, uint8
+    under_true = predicted[torch.arange(b), torch.as_tensor(true_actions)][:, :, cam]
     pairs = [(i, j) for i in range(NUM_ACTIONS) for j in range(i + 1, NUM_ACTIONS)]
     dynamic = ((last - truth).abs().amax(1, keepdim=True) > DYNAMIC_THRESHOLD).expand_as(truth)
     joint = motor_joint(config)
-    motor_hits = (
-        [] if joint is None else motor_directions(canvases, to_uint8(whole), layout, joint, true_actions)
-    )
-
-    def numpy(x: Tensor) -> np.ndarray:
-        return x.cpu().numpy()
-
+    motor_hits = [] if joint is None else motor_directions(canvases, whole, layout, joint, true_actions)
     return Scores(
-        mse=numpy(per_sample_mse(under_true, truth)),
-        copy_mse=numpy(per_sample_mse(last, truth)),
-        ssim=numpy(camera_ssim(under_true, truth, layout)),
-        distances=np.stack([numpy(per_sample_mse(p, truth)) for p in preds], axis=1),
-        spread=numpy(sum(per_sample_mse(preds[i], preds[j]) for i, j in pairs) / len(pairs)),
+        mse=per_sample_mse(under_true, truth).numpy(),
+        copy_mse=per_sample_mse(last, truth).numpy(),
+        ssim=camera_ssim(under_true, truth, layout).numpy(),
+        distances=np.stack([per_sample_mse(p, truth).numpy() for p in preds], axis=1),
+        spread=(sum(per_sample_mse(preds[i], preds[j]) for i, j in pairs) / len(pairs)).numpy(),
         dyn_sq=float(((under_true - truth) ** 2)[dynamic].sum()),
         copy_dyn_sq=float(((last - truth) ** 2)[dynamic].sum()),
         dyn_pixels=int(dynamic[:, 0].sum()),
@@ -327,23 +372,21 @@ class ExamplePicker:
 
 
 def evaluate(
-    model: WorldModel,
+    predictor: Predictor,
     split: CanvasSplit,
     max_samples: int = 512,
     seed: int = 0,
     batch_size: int = 32,
-    device: torch.device | str = "cpu",
     cf_examples: int = 8,
 ) -> EvalResult:
-    """Score `model` on up to `max_samples` evenly spaced samples of `split` (metric keys: module docstring).
+    """Score a predictor on up to `max_samples` evenly spaced samples of `split` (metrics: module docstring).
 
-    Batch i is predicted with seed `seed + i`, under all actions at once (one call, actions (B, 3)): a
+    Batch i is requested with seed `seed + i`, under all actions at once (one request, actions (B, 3)): a
     sampling model uses the same noise for every candidate, so candidates differ only by the action.
     """
-    torch.manual_seed(seed)
-    model = model.to(device).eval()
     config = split.config
     layout = config.layout
+    check_canvas(predictor, config)
     chosen = sample_indices(len(split), max_samples)
     if len(chosen) == 0:
         raise DatasetError(f"split {split.name!r} has no samples to evaluate")
@@ -351,27 +394,26 @@ def evaluate(
     true_actions = split.actions[chosen, config.history - 1].astype(np.int64)
     picker = ExamplePicker(n, cf_examples)
     parts = []
-    with torch.inference_mode():
-        for batch, start in enumerate(range(0, n, batch_size)):
-            rows = np.arange(start, min(start + batch_size, n))
-            canvases = np.asarray(split.canvases[chosen[rows]])
-            actions = torch.arange(NUM_ACTIONS, device=device).expand(len(rows), -1)
-            pred = model.predict(model_inputs(canvases, layout, device), actions, seed=seed + batch)
-            check_prediction(pred, (len(rows), NUM_ACTIONS, 3, layout.height, config.frame_width))
-            parts.append(score_batch(pred, canvases, true_actions[rows], config))
-            picker.offer(rows, parts[-1].mse, canvases, to_uint8(pred))
+    for batch, start in enumerate(range(0, n, batch_size)):
+        rows = np.arange(start, min(start + batch_size, n))
+        canvases = np.asarray(split.canvases[chosen[rows]])
+        frames = predictor.predict(request_for(canvases, layout, seed + batch))
+        check_prediction(frames, (len(rows), NUM_ACTIONS, layout.height, config.frame_width, 3))
+        parts.append(score_batch(frames, canvases, true_actions[rows], config))
+        picker.offer(rows, parts[-1].mse, canvases, frames)
     scores = Scores.merge(parts)
-    ms_per_frame, ms_total = time_predict(model, split, chosen, seed, device)
-    metrics = summarize(scores, true_actions) | {
-        "infer_ms": ms_per_frame,
-        "infer_ms_27": ms_total,
-        "n_samples": n,
-        "split": split.name,
-        "seed": seed,
-        "model_kind": model.kind,
-        "parameters": model.num_parameters(),
-        "history": config.history,
-    }
+    metrics = (
+        summarize(scores, true_actions)
+        | time_predict(predictor, split, chosen, seed)
+        | {
+            "n_samples": n,
+            "split": split.name,
+            "seed": seed,
+            "model_kind": predictor.model_kind,
+            "parameters": predictor.parameters,
+            "history": config.history,
+        }
+    )
     return EvalResult(metrics=metrics, **picker.arrays(chosen, true_actions, scores.mse, config))
 
 
@@ -401,29 +443,25 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def time_predict(
-    model: WorldModel, split: CanvasSplit, chosen: np.ndarray, seed: int, device: torch.device | str
-) -> tuple[float, float]:
-    """(ms per predicted frame, ms per call) of the planner's call: 9 contexts x 3 actions, median of 3."""
-    layout = split.config.layout
+def time_predict(predictor: Predictor, split: CanvasSplit, chosen: np.ndarray, seed: int) -> Metrics:
+    """The planner's call (9 contexts x 3 actions) as the judge sees it: the fastest of TIMING_REPEATS after
+    a warm-up, and the spread of the repeats (timing keys: module docstring)."""
     picks = np.resize(chosen[:TIMING_CONTEXTS], TIMING_CONTEXTS)  # repeats when fewer
-    context = model_inputs(np.asarray(split.canvases[picks]), layout, device)
-    actions = torch.arange(NUM_ACTIONS, device=device).expand(TIMING_CONTEXTS, -1)
-    cuda = torch.device(device).type == "cuda"
+    request = request_for(np.asarray(split.canvases[picks]), split.config.layout, seed)
 
     def call() -> float:
-        if cuda:
-            torch.cuda.synchronize()
         start = time.perf_counter()
-        model.predict(context, actions, seed=seed)
-        if cuda:
-            torch.cuda.synchronize()
+        predictor.predict(request)  # uint8 frames: any device work has finished when they arrive
         return time.perf_counter() - start
 
-    with torch.inference_mode():
-        call()  # warm-up: lazy init, allocator, kernels
-        total = statistics.median(call() for _ in range(3)) * 1000
-    return total / (TIMING_CONTEXTS * NUM_ACTIONS), total
+    call()  # warm-up: lazy init, allocator, kernels
+    times = [call() for _ in range(TIMING_REPEATS)]
+    fastest = min(times)
+    return {
+        "infer_ms": fastest * 1000 / (TIMING_CONTEXTS * NUM_ACTIONS),
+        "infer_ms_27": fastest * 1000,
+        "infer_ms_27_noise": (statistics.median(times) - fastest) / fastest,
+    }
 
 
 # -------------------------------------------------------------------------------------------- run dirs
@@ -432,13 +470,19 @@ def time_predict(
 def evaluate_run(
     run_dir: Path,
     split: str = "val",
+    task: Task | Path | None = None,
     dataset: Path | None = None,
     max_samples: int = 512,
     seed: int = 0,
     device: str = "cpu",
+    predictor_root: Path | None = None,
+    timeout_s: float | None = None,
 ) -> Metrics:
-    """Evaluate a run directory's model (EMA weights when present) on a split of its dataset.
+    """Judge a run directory's model on a split of the task; the model runs in its own process
+    (`python -m models.serve` in `predictor_root`), and nothing the run wrote is read here.
 
+    `task`: a Task or an experiment config to read it from; by default `experiments/<kind>.toml` of this
+    judge's tree. `dataset` defaults to the task's. `timeout_s` bounds the predictor's whole time.
     Writes `<run_dir>/eval_<split>.json` (the metrics) and `<run_dir>/cf_<split>.npz` (the counterfactual
     examples), each atomically, so the harness never reads half a file. Returns the metrics.
     """
@@ -447,19 +491,28 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise WorldloopError(f"{run_dir}: no such run directory")
-    model, config = load_run(run_dir, ema=True, device=device)
-    canvases = load_split(Path(dataset or config.data.dataset), config.canvas, split, config.data.split())
-    result = evaluate(model, canvases, max_samples=max_samples, seed=seed, device=device)
+    if task is not None and not isinstance(task, Task):
+        task = load_task(Path(task))
+    with PredictorProcess(run_dir, predictor_root or CODE_ROOT, device, timeout_s) as predictor:
+        task = task or load_task(default_task(predictor.model_kind))
+        check_canvas(predictor, task.canvas)  # first: with a default task, the likelier mistake
+        canvases = load_split(Path(dataset or task.data.dataset), task.canvas, split, task.data.split())
+        result = evaluate(predictor, canvases, max_samples=max_samples, seed=seed)
     write_json(run_dir / f"eval_{split}.json", result.metrics)
-    write_npz(run_dir / f"cf_{split}.npz", result.examples())
+    with replacing(run_dir / f"cf_{split}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **result.examples())
     return result.metrics
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+def default_task(model_kind: str) -> Path:
+    """The default experiment of a model kind in this judge's tree: what a person judging a run expects."""
+    path = CODE_ROOT / default_experiment(model_kind)
+    if not model_kind.isidentifier() or not path.exists():
+        raise WorldloopError(
+            f"no task given, and {CODE_ROOT / 'experiments'} has no experiment config for a {model_kind!r} "
+            "model: pass --task <experiment.toml>"
+        )
+    return path
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -489,14 +542,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", choices=SPLITS, default="val")
-    parser.add_argument("--dataset", type=Path, default=None, help="default: the run config's data.dataset")
+    parser.add_argument("--task", type=Path, default=None, help="default: experiments/<model kind>.toml")
+    parser.add_argument("--dataset", type=Path, default=None, help="default: the task's data.dataset")
     parser.add_argument("--max-samples", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="where the model runs")
+    parser.add_argument(
+        "--predictor-root", type=Path, default=None, help="the tree whose code runs the model"
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds the model may take in all")
     args = parser.parse_args(argv)
     try:
         metrics = evaluate_run(
-            args.run_dir, args.split, args.dataset, args.max_samples, args.seed, args.device
+            args.run_dir,
+            args.split,
+            task=args.task,
+            dataset=args.dataset,
+            max_samples=args.max_samples,
+            seed=args.seed,
+            device=args.device,
+            predictor_root=args.predictor_root,
+            timeout_s=args.timeout,
         )
     except WorldloopError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,8 @@
 The agent may have changed any model file during the night, so the weights only fit the code of their
 own commit. `load_promoted` checks every file against the manifest (a tampered or incomplete checkpoint is
 refused), then imports the snapshot's `models` package in place of the installed one just long enough to
-build the model and load its weights.
+build the model and load its weights. The pixel conventions are not the snapshot's to choose: they are the
+contract's (models/pixels.py, pinned), the ones the judge used.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from models import pixels
 from models.errors import WorldloopError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -43,8 +45,8 @@ class PromotedModel:
     config: Any  # its ExperimentConfig (the snapshot's class)
     manifest: dict
     path: Path
-    to_tensor: Callable  # the snapshot's uint8 canvases -> model input, and back: its own conventions
-    to_uint8: Callable
+    to_tensor: Callable  # uint8 canvases -> model input, and back: the contract's (models/pixels.py), the
+    to_uint8: Callable  # conventions the model was judged with, whatever its own code says
 
     @property
     def run_id(self) -> str:
@@ -146,13 +148,12 @@ def load_promoted(
     with snapshot_package(code):
         try:
             checkpoint = importlib.import_module("models.checkpoint")
-            world_model = importlib.import_module("models.world_model")
             model, config = checkpoint.load_run(path / RUN_DIR, ema=ema, device=device)
         except Exception as err:  # the snapshot's own error classes are not ours: say it in our words
             raise PromotedError(
                 f"{path}: its code cannot load its weights ({type(err).__name__}: {err})"
             ) from None
-    return PromotedModel(model, config, manifest, path, world_model.to_tensor, world_model.to_uint8)
+    return PromotedModel(model, config, manifest, path, pixels.to_tensor, pixels.to_uint8)
 
 
 def load_checkpoint(
@@ -165,12 +166,9 @@ def load_checkpoint(
     """
     direct = Path(path_or_alias)
     if not (direct / MANIFEST).exists() and (direct / "config.json").exists():
-        from models import world_model
         from models.checkpoint import load_run
 
         model, config = load_run(direct, ema=True, device=device)
         manifest = {"run_id": direct.name, "files": {}, "metrics": {}}
-        return PromotedModel(
-            model, config, manifest, direct.resolve(), world_model.to_tensor, world_model.to_uint8
-        )
+        return PromotedModel(model, config, manifest, direct.resolve(), pixels.to_tensor, pixels.to_uint8)
     return load_promoted(path_or_alias, root, device)

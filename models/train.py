@@ -1,23 +1,47 @@
-"""Train a world model for a fixed wall-clock budget.
+"""Train a world model for a fixed compute budget.
 
     python -m models.train --config experiments/dit.toml --budget 5m --out runs/dit-baseline
 
-Every run gets the same budget, so runs compare by what they learn in that time, not by how long they ran
-(like autoresearch). The learning rate warms up over `warmup_steps` and then follows a cosine over the
-budget's *time*, so a run always ends at the low learning rate whatever its speed. CPU runs use float32
-on every core; CUDA runs use bf16 autocast, SDPA and optionally torch.compile.
+Every run gets the same budget of compute, so runs compare by what they learn with it, not by how busy the
+machine was (like autoresearch, but fair under load). On CPU the budget is the training loop's own CPU time,
+all threads together: `--budget 5m` means 5 minutes on each core the run may use (its CPU affinity, capped by
+OMP_NUM_THREADS), i.e. 600 CPU-seconds on 2 cores. A one-thread run alone takes about 5 minutes of wall
+time; threads that wait for each other (small models) and other programs make a run take longer for the
+same compute, so it trains as much. On CUDA the budget is the loop's wall time (a dedicated GPU does not
+slow down when the CPU is busy). The first step (lazy initialisation, allocator warm-up), startup, saving
+and the val loss are outside the budget.
+
+The learning rate warms up over `warmup_steps` and then follows a cosine over the budget's clock, so a run
+always ends at the low learning rate whatever its speed. CPU runs use float32 with one thread per core
+given; CUDA runs use bf16 autocast, SDPA and optionally torch.compile.
 
 Writes to --out: config.json, model.safetensors, ema.safetensors (when EMA is on), train_log.csv
-(step, time, samples, loss, lr) and metrics.json. A NaN or infinite loss stops the run with exit code 3.
+(step, time_s on the budget's clock, wall_s, cpu_s, samples, loss, lr, samples_per_s) and metrics.json (the
+compute used, the threads and the machine's load beside the results). A NaN or infinite loss stops the run
+with exit code 3.
 """
+# ruff: noqa: E402 - the OpenMP default below must precede `import torch`
 
 from __future__ import annotations
+
+import os
+
+# OpenMP threads that wait at a barrier spin by default (libgomp: 300,000 times, about 3 ms), burning CPU
+# time without progress; when another program holds one of the cores they spin for most of their slice, and
+# beside one busy process a 2-thread run trained 17x fewer samples. Sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+# pays a futex wake-up at every barrier, which costs the small baseline ~15% of its samples per CPU-second on
+# an idle machine; spinning 300 times (a few microseconds, about a wake-up's cost) and then sleeping keeps
+# both cases within ~15% (figures in benchmarks/load.py and its RESULTS.md section). libgomp reads this once,
+# when torch is first imported, so this default takes effect only where this module imports torch first
+# (`python -m models.train`, not a test that imported torch before); the harness sets it in the training
+# process's environment anyway. An explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "300")
 
 import argparse
 import copy
 import csv
 import math
-import os
 import platform
 import sys
 import time
@@ -40,13 +64,18 @@ EXIT_NAN = 3
 VAL_LOSS_SAMPLES = 256
 
 
+CLOCKS = ("auto", "cpu", "wall")
+
+
 @dataclass
 class TrainResult:
     steps: int
     samples: int
-    train_seconds: float
+    train_seconds: float  # wall time of the whole loop, the warm-up step included
     final_loss: float
     val_loss: float | None
+    clock: str = "cpu"
+    cpu_seconds: float = 0.0  # CPU time of the budgeted loop (all threads)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -55,8 +84,101 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_threads() -> int:
+    """The cores this process may run on (its CPU affinity, which the harness sets), capped by a positive
+    OMP_NUM_THREADS. Never os.cpu_count(): a run pinned to one core of a 2-core machine that starts 2 threads
+    makes them take turns on that core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        return cores
+    return min(cores, cap) if cap > 0 else cores
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores of the machine have been busy since boot (user, nice, system, irq, softirq of
+    /proc/stat; idle, iowait and time stolen by a hypervisor are not busy), or None without /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The clocks at one moment: wall, this process's CPU time (all threads), the machine's busy time and its
+    1-minute load average. Two of them tell what the run got and what everyone else used meanwhile."""
+
+    wall: float
+    cpu: float
+    machine_busy: float | None
+    load: float | None
+
+    @classmethod
+    def now(cls) -> Usage:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return cls(time.perf_counter(), time.process_time(), machine_busy_seconds(), load)
+
+    def others_cores(self, end: Usage) -> float | None:
+        """Cores busy with other processes between this moment and `end`, on average."""
+        wall = end.wall - self.wall
+        if self.machine_busy is None or end.machine_busy is None or wall <= 0:
+            return None
+        others = (end.machine_busy - self.machine_busy) - (end.cpu - self.cpu)
+        return max(0.0, others) / wall  # /proc/stat counts in ticks: clamp the rounding below zero
+
+
+class BudgetClock:
+    """The budget's clock: the process's CPU time (all threads) on the CPU clock, wall time on the wall clock.
+
+    `budget_s` is in seconds of the run's cores, so on the CPU clock the budget is budget_s x threads
+    CPU-seconds: CPU time counts what the run computed, not what it waited for while other programs ran. The
+    clock starts at `start()` (after the warm-up step); before that nothing is used.
+    """
+
+    def __init__(self, kind: str, budget_s: float, threads: int) -> None:
+        self.kind = kind
+        self.budget_s = budget_s
+        self.threads = threads if kind == "cpu" else 1  # clock seconds per second of budget
+        self.begin: Usage | None = None
+
+    @property
+    def budget(self) -> float:
+        """The budget in this clock's seconds (CPU-seconds on the CPU clock)."""
+        return self.budget_s * self.threads
+
+    def start(self) -> None:
+        self.begin = Usage.now()
+
+    def _now(self) -> float:
+        return time.process_time() if self.kind == "cpu" else time.perf_counter()
+
+    @property
+    def used(self) -> float:
+        """Clock seconds used since `start()`."""
+        if self.begin is None:
+            return 0.0
+        return self._now() - (self.begin.cpu if self.kind == "cpu" else self.begin.wall)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of budget used, 0 to budget_s: what train_log.csv's time_s and the progress bar show."""
+        return self.used / self.threads
+
+    @property
+    def spent(self) -> bool:
+        return self.begin is not None and self.used >= self.budget
+
+    @property
+    def progress(self) -> float:
+        return self.used / self.budget if self.budget > 0 else 1.0
+
+
 def learning_rate(train: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup by steps, then cosine by the fraction of the time budget used."""
+    """Linear warmup by steps, then cosine by the fraction of the budget used (on the budget's clock)."""
     if step < train.warmup_steps:
         return train.lr * (step + 1) / train.warmup_steps
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
@@ -92,16 +214,24 @@ def train(
     dataset: Path | None = None,
     device: torch.device | None = None,
     show_progress: bool = True,
+    clock: str = "auto",
 ) -> TrainResult:
-    """Train until the budget is spent, then save; raises NonFiniteLoss on NaN/inf (after saving logs)."""
+    """Train until the budget is spent, then save; raises NonFiniteLoss on NaN/inf (after saving logs).
+
+    `clock` is "cpu" (the process's CPU time against budget_s x threads), "wall" (wall time against
+    budget_s) or "auto": cpu on a CPU, wall on a GPU.
+    """
     device = device or pick_device()
     tc = config.train
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, config.model_dump(mode="json"))
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cpu_threads())
+    threads = torch.get_num_threads()
+    if clock == "auto":
+        clock = "cpu" if device.type == "cpu" else "wall"
+    budget = BudgetClock(clock, budget_s, threads)
 
     root = Path(dataset or config.data.dataset)
     train_split = load_split(root, config.canvas, "train", config.data.split())
@@ -131,17 +261,25 @@ def train(
 
     log_file = open(out / "train_log.csv", "w", newline="")  # noqa: SIM115 - closed in finally
     log = csv.writer(log_file)
-    log.writerow(["step", "time_s", "samples", "loss", "lr", "samples_per_s"])
+    log.writerow(["step", "time_s", "wall_s", "cpu_s", "samples", "loss", "lr", "samples_per_s"])
     step = samples = 0
-    window_loss, window_steps, last_log, last_samples = 0.0, 0, 0.0, 0
     smoothed = float("nan")
     progress = _progress_bar(show_progress)
     task = progress.add_task("training", total=budget_s, loss=float("nan"), rate=0.0)
-    start = time.perf_counter()
+    begin = Usage.now()
+    warmup_seconds = 0.0
+    window_loss, window_steps = 0.0, 0
+    last_log, last_wall, last_samples = 0.0, begin.wall, 0
+
+    def log_row(loss: object, lr: object, rate: object) -> None:
+        wall, cpu = time.perf_counter() - begin.wall, time.process_time() - begin.cpu
+        times = [f"{budget.elapsed:.3f}", f"{wall:.3f}", f"{cpu:.3f}"]
+        log.writerow([step, *times, samples, loss, lr, rate])
+
     try:
         with progress:
-            while (elapsed := time.perf_counter() - start) < budget_s:
-                lr = learning_rate(tc, step, elapsed / budget_s)
+            while not budget.spent:
+                lr = learning_rate(tc, step, budget.progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
@@ -150,8 +288,10 @@ def train(
                     loss = loss_fn(batch, actions[index].to(device))
                 value = loss.item()
                 if not math.isfinite(value):
-                    log.writerow([step, f"{elapsed:.3f}", samples, value, f"{lr:.3e}", ""])
-                    raise NonFiniteLoss(f"loss became {value} at step {step} ({elapsed:.0f}s); lower the lr?")
+                    log_row(value, f"{lr:.3e}", "")
+                    raise NonFiniteLoss(
+                        f"loss became {value} at step {step} ({budget.elapsed:.0f}s of budget); lower the lr?"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
@@ -161,46 +301,61 @@ def train(
                     ema.update(model)
                 step += 1
                 samples += tc.batch_size
+                if step == 1:  # the warm-up step (lazy init, allocator) trains but is outside the budget
+                    warmup_seconds = time.perf_counter() - begin.wall
+                    budget.start()
                 window_loss += value
                 window_steps += 1
                 smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
-                if elapsed - last_log >= tc.log_every_s:
-                    rate = (samples - last_samples) / max(elapsed - last_log, 1e-9)
-                    log.writerow(
-                        [
-                            step,
-                            f"{elapsed:.3f}",
-                            samples,
-                            f"{window_loss / window_steps:.6f}",
-                            f"{lr:.3e}",
-                            f"{rate:.1f}",
-                        ]
-                    )
+                if (elapsed := budget.elapsed) - last_log >= tc.log_every_s:
+                    wall = time.perf_counter()
+                    rate = (samples - last_samples) / max(wall - last_wall, 1e-9)
+                    log_row(f"{window_loss / window_steps:.6f}", f"{lr:.3e}", f"{rate:.1f}")
                     log_file.flush()
-                    window_loss, window_steps, last_log, last_samples = 0.0, 0, elapsed, samples
+                    window_loss, window_steps = 0.0, 0
+                    last_log, last_wall, last_samples = elapsed, wall, samples
                     progress.update(task, completed=elapsed, loss=smoothed, rate=rate)
             progress.update(task, completed=budget_s)
     finally:
         if window_steps:
-            elapsed = time.perf_counter() - start
-            log.writerow([step, f"{elapsed:.3f}", samples, f"{window_loss / window_steps:.6f}", "", ""])
+            log_row(f"{window_loss / window_steps:.6f}", "", "")
         log_file.close()
-    train_seconds = time.perf_counter() - start
+    end = Usage.now()
+    loop = budget.begin or end  # where the budget's clock started (after the warm-up step)
+    train_seconds = end.wall - begin.wall
+    cpu_seconds = end.cpu - loop.cpu
+    others = loop.others_cores(end)
 
     save_weights(model, out / WEIGHTS_FILE)
     if ema:
         save_weights(ema.model, out / EMA_FILE)
     judged = ema.model if ema else model
     val_loss = validation_loss(judged, root, config, device)
-    result = TrainResult(step, samples, train_seconds, smoothed, val_loss)
+    result = TrainResult(step, samples, train_seconds, smoothed, val_loss, clock, cpu_seconds)
+    budgeted_samples = samples - tc.batch_size  # the warm-up step's samples were not on the clock
     write_json(
         out / "metrics.json",
         {
             "steps": step,
             "samples": samples,
-            "train_seconds": round(train_seconds, 3),
+            "clock": clock,
             "budget_seconds": budget_s,
+            "budget_cpu_seconds": budget.budget if clock == "cpu" else None,
+            "cpu_seconds": round(cpu_seconds, 3),
+            "wall_seconds": round(end.wall - loop.wall, 3),
+            "warmup_seconds": round(warmup_seconds, 3),
+            "train_seconds": round(train_seconds, 3),
             "samples_per_s": round(samples / max(train_seconds, 1e-9), 2),
+            "samples_per_cpu_s": round(budgeted_samples / cpu_seconds, 3) if cpu_seconds > 0 else None,
+            "threads": threads,
+            "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            "load_start": None if loop.load is None else round(loop.load, 2),
+            "load_end": None if end.load is None else round(end.load, 2),
+            "others_cores": None if others is None else round(others, 3),
+            "seed": tc.seed,
             "final_loss": smoothed,
             "val_loss": val_loss,
             "parameters": model.num_parameters(),
@@ -277,7 +432,18 @@ def _progress_bar(enabled: bool) -> Progress:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="experiment TOML")
-    parser.add_argument("--budget", default="5m", help="wall-clock training time, e.g. 90s, 5m, 1h")
+    parser.add_argument(
+        "--budget",
+        default="5m",
+        help="training time on each core the run may use, e.g. 90s, 5m, 1h (CPU time on CPU, wall on a GPU)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="override the config's [train] seed")
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="auto",
+        help="what the budget counts: cpu (this process's CPU time), wall, or auto (cpu on CPU, wall on GPU)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run directory to write (required to train)")
     parser.add_argument("--dataset", type=Path, default=None, help="override the config's data.dataset")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -293,11 +459,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     try:
         config = load_config(args.config)
+        if args.seed is not None:
+            config = config.model_copy(update={"train": config.train.model_copy(update={"seed": args.seed})})
         if args.smoke:
             loss = smoke(config, args.dataset, pick_device(args.device))
             err.print(f"smoke step ok: loss {loss:.4f}, predict shape ok", highlight=False)
             return
-        result = train(config, budget, args.out, args.dataset, pick_device(args.device), not args.quiet)
+        device = pick_device(args.device)
+        result = train(config, budget, args.out, args.dataset, device, not args.quiet, args.clock)
     except NonFiniteLoss as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_NAN)
@@ -315,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     err.print(
-        f"trained {result.steps} steps ({result.samples} samples) in {result.train_seconds:.0f}s; "
+        f"trained {result.steps} steps ({result.samples} samples) in {result.train_seconds:.0f}s "
+        f"({result.cpu_seconds:.0f} CPU-s on the {result.clock} clock); "
         f"loss {result.final_loss:.4f}, val loss {val} -> {args.out}",
         highlight=False,
         soft_wrap=True,

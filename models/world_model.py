@@ -11,7 +11,8 @@ plugs in as long as it subclasses `WorldModel`:
   action, and `seed` makes the prediction reproducible.
 
 Tensors: canvases are float (B, 3, H, W) in [-1, 1]; `to_tensor` / `to_uint8` convert from / to the
-uint8 (B, H, W, 3) arrays of the canvas cache.
+uint8 (B, H, W, 3) arrays of the canvas cache. They live in `models/pixels.py` (pinned): the judge's
+predictor converts with them, so they are the contract, not a model's choice.
 """
 
 from __future__ import annotations
@@ -25,21 +26,9 @@ from torch import Tensor, nn
 from models.blocks import Rope, rope_2d, sincos_2d
 from models.canvas import CanvasConfig
 from models.errors import ConfigError
+from models.pixels import to_tensor as to_tensor  # the contract's conventions, here for model code
+from models.pixels import to_uint8 as to_uint8
 from models.vocab import ACTION_NAMES
-
-
-def to_tensor(canvases: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    if isinstance(canvases, np.ndarray) and not canvases.flags.writeable:
-        canvases = canvases.copy()  # a read-only memmap slice: torch wants memory it may write
-    x = torch.as_tensor(canvases, device=device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
-    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.movedim(-3, -1).cpu().numpy()
 
 
 class CanvasGrid:

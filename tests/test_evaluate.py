@@ -1,4 +1,8 @@
-"""The judge on hand-made models whose scores are known exactly, then end to end on a tiny run directory."""
+"""The judge on hand-made models whose scores are known exactly, then end to end on a tiny run directory.
+
+The hand-made models run in this process through `ModelPredictor`, the same adapter the predictor process
+uses, so the pixel conventions and the scoring are the ones a night's judge applies.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import torch
 from torch import Tensor
 
 from models.canvas import CanvasConfig, build_many
-from models.checkpoint import build_model, save_weights, write_json
-from models.config import DataConfig, DiTConfig, ExperimentConfig
-from models.data import CanvasSplit, build_cache
+from models.checkpoint import build_model, load_run, save_weights, write_json
+from models.config import DiTConfig, ExperimentConfig
+from models.data import CanvasSplit, build_cache, load_split
+from models.errors import WorldloopError
 from models.evaluate import (
     PSNR_CAP,
     TIMING_KEYS,
+    TIMING_REPEATS,
     EvalResult,
     evaluate,
     evaluate_run,
@@ -26,8 +32,12 @@ from models.evaluate import (
     sample_indices,
     ssim,
 )
+from models.pixels import MID_GRAY, to_tensor, to_uint8
+from models.predictor import Request
+from models.serve import ModelPredictor
+from models.task import DataConfig, Task
 from models.vocab import ACTION_JOINT, PAN_MINUS, PAN_PLUS, STAY
-from models.world_model import WorldModel, to_tensor, to_uint8
+from models.world_model import WorldModel
 from robot.record import record_sim_dataset
 from robot.sim import SimConfig
 
@@ -154,6 +164,38 @@ class Spy(Copy):
         return super().predict(context, actions, seed)
 
 
+class Broken(Copy):
+    """Copy, but one kind of wrong answer: non-finite values, or a target step of the wrong width."""
+
+    def __init__(self, wrong: str) -> None:
+        super().__init__()
+        self.wrong = wrong
+
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        out = super().predict(context, actions, seed).clone()
+        if self.wrong == "nan":
+            out[0, 0, 0, 0, 0] = float("nan")
+            return out
+        return out[..., :-1]
+
+
+class Requests:
+    """A predictor in front of another that remembers the requests the judge sent."""
+
+    def __init__(self, inner: ModelPredictor) -> None:
+        self.inner = inner
+        self.model_kind, self.parameters, self.canvas = inner.model_kind, inner.parameters, inner.canvas
+        self.seen: list[Request] = []
+
+    def predict(self, request: Request) -> np.ndarray:
+        self.seen.append(request)
+        return self.inner.predict(request)
+
+
+def judge(model: WorldModel, split: CanvasSplit, **options: object) -> EvalResult:
+    return evaluate(ModelPredictor(model), split, **options)
+
+
 def without_timing(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
@@ -163,7 +205,7 @@ def without_timing(metrics: dict) -> dict:
 
 def test_oracle_is_perfect():
     split = scenes(ACTIONS)
-    m = evaluate(Oracle(split), split).metrics
+    m = judge(Oracle(split), split).metrics
     assert m["mse"] == 0.0 and m["dyn_mse"] == 0.0 and m["mse_vs_copy"] == 0.0
     assert m["psnr"] == PSNR_CAP
     assert m["ssim"] == 1.0
@@ -174,11 +216,12 @@ def test_oracle_is_perfect():
     assert m["n_samples"] == len(ACTIONS) and m["split"] == "val" and m["history"] == 1
     assert m["model_kind"] == "fake" and m["parameters"] == 0 and m["seed"] == 0
     assert m["infer_ms"] > 0 and m["infer_ms_27"] == pytest.approx(27 * m["infer_ms"])
+    assert m["infer_ms_27_noise"] >= 0
 
 
 def test_copy_model_scores_the_copy_baseline_and_chance():
     split = scenes(ACTIONS)
-    m = evaluate(Copy(), split, batch_size=3).metrics
+    m = judge(Copy(), split, batch_size=3).metrics
     assert m["mse"] == m["copy_mse"] > 0
     assert m["dyn_mse"] == m["copy_dyn_mse"] > 0
     assert m["mse_vs_copy"] == 1.0 and m["dyn_mse_vs_copy"] == 1.0
@@ -190,9 +233,9 @@ def test_copy_model_scores_the_copy_baseline_and_chance():
 
 def test_known_shift_right_and_swapped():
     split = scenes(ACTIONS)
-    right = evaluate(Roll(), split).metrics
+    right = judge(Roll(), split).metrics
     assert right["cf_acc"] == 1.0 and right["mse"] == 0.0
-    swapped = evaluate(Roll(swapped=True), split).metrics
+    swapped = judge(Roll(swapped=True), split).metrics
     assert swapped["cf_acc"] == STAY_FRACTION
 
 
@@ -200,22 +243,22 @@ def test_motor_direction_from_the_strip_only():
     split = scenes(ACTIONS)
     backwards = scenes(ACTIONS, strip_sign=-1).canvases  # same frames, the strip moves the other way
     liar = Oracle(split, answers=backwards)
-    m = evaluate(liar, split).metrics
+    m = judge(liar, split).metrics
     assert m["motor_dir_acc"] == 0.0
     assert m["mse"] == 0.0 and m["cf_acc"] == 1.0  # the strip is not part of the pixel metrics
 
 
 def test_deterministic_for_a_seed():
     split = scenes(ACTIONS)
-    first = without_timing(evaluate(Noisy(), split, seed=3, batch_size=4).metrics)
-    assert first == without_timing(evaluate(Noisy(), split, seed=3, batch_size=4).metrics)
-    assert first["mse"] != evaluate(Noisy(), split, seed=4, batch_size=4).metrics["mse"]
+    first = without_timing(judge(Noisy(), split, seed=3, batch_size=4).metrics)
+    assert first == without_timing(judge(Noisy(), split, seed=3, batch_size=4).metrics)
+    assert first["mse"] != judge(Noisy(), split, seed=4, batch_size=4).metrics["mse"]
 
 
 def test_static_scenes_and_no_strip():
     config = CanvasConfig(frame_width=16, frame_height=16, separator_width=4, motor_strip_height=0)
     split = scenes([STAY] * 4, config=config)
-    m = evaluate(Copy(config), split).metrics
+    m = judge(Copy(config), split).metrics
     assert m["dyn_fraction"] == 0.0 and m["mse"] == 0.0 and m["copy_mse"] == 0.0
     for key in ("dyn_mse", "copy_dyn_mse", "dyn_mse_vs_copy", "mse_vs_copy", "motor_dir_acc"):
         assert m[key] is None, key
@@ -225,17 +268,48 @@ def test_static_scenes_and_no_strip():
 def test_model_sees_neither_target_nor_true_action():
     split = scenes(ACTIONS)
     spy = Spy()
-    evaluate(spy, split, batch_size=4)
+    requests = Requests(ModelPredictor(spy))
+    evaluate(requests, split, batch_size=4)
     hidden = np.r_[LAYOUT.separator_columns(0), LAYOUT.target_columns]
-    for context in spy.seen:
+    assert len(requests.seen) == 3 + 1 + TIMING_REPEATS  # 10 samples in batches of 4, then the timing calls
+    for request in requests.seen:  # the answer never leaves the judge: it is blanked out of the pixels
+        assert (request.context[:, :, hidden] == MID_GRAY).all()
+        assert (request.context[:, :, LAYOUT.step_columns(0)] != MID_GRAY).any()
+    for context in spy.seen:  # and the model sees exact mid-gray there
         assert (context[..., hidden] == 0).all()
         assert (context[..., LAYOUT.step_columns(0)] != 0).any()
+    assert (split.canvases[:, :, LAYOUT.target_columns] != MID_GRAY).any()  # the split itself is untouched
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [("nan", "non-finite values"), ("shape", r"predict returned shape \(10, 3, 3, 36, 15\), expected")],
+)
+def test_a_wrong_prediction_is_an_error_that_says_what(wrong: str, message: str):
+    with pytest.raises(WorldloopError, match=message):
+        judge(Broken(wrong), scenes(ACTIONS), batch_size=16)
+
+
+def test_a_model_built_for_another_canvas_is_refused():
+    other = CANVAS.model_copy(update={"velocity_range": 5.0})
+    message = r"another canvas than the task's: velocity_range 5.0 \(task: 20.0\)"
+    with pytest.raises(WorldloopError, match=message):
+        judge(Copy(other), scenes(ACTIONS))
+
+
+def test_pixels_survive_the_round_trip_exactly():
+    every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    x = to_tensor(every)
+    assert x.min() == -1 and x.max() == 1
+    np.testing.assert_array_equal(to_uint8(x), every)
+    gray = to_tensor(np.full((1, 1, 1, 3), MID_GRAY, np.uint8))
+    assert gray.abs().max().item() == pytest.approx(0.5 / 127.5, rel=1e-4)  # half a level: the nearest to 0
 
 
 def test_sample_choice_and_counterfactual_examples():
     actions = (ACTIONS * 2)[:20]
     split = scenes(actions)
-    result: EvalResult = evaluate(Copy(), split, max_samples=7, cf_examples=4, batch_size=3)
+    result: EvalResult = judge(Copy(), split, max_samples=7, cf_examples=4, batch_size=3)
     chosen = sample_indices(20, 7)
     np.testing.assert_array_equal(chosen, np.linspace(0, 19, 7, dtype=int))
     assert result.metrics["n_samples"] == 7
@@ -257,9 +331,9 @@ def test_sample_choice_and_counterfactual_examples():
 
 def test_hardest_examples_have_the_largest_error():
     split = scenes(ACTIONS)
-    full = evaluate(Copy(), split, cf_examples=len(ACTIONS))  # every sample, so every mse is known
+    full = judge(Copy(), split, cf_examples=len(ACTIONS))  # every sample, so every mse is known
     errors = dict(zip(full.index.tolist(), full.mse.tolist(), strict=True))
-    result = evaluate(Copy(), split, cf_examples=4)
+    result = judge(Copy(), split, cf_examples=4)
     hard = set(result.index[result.hard].tolist())
     others = [errors[i] for i in errors if i not in set(result.index.tolist())]
     assert min(errors[i] for i in hard) >= max(others)
@@ -301,12 +375,14 @@ def test_evaluate_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write_json(run / "config.json", config.model_dump(mode="json"))
     save_weights(build_model(config), run / "model.safetensors")
 
-    metrics = evaluate_run(run, "val", max_samples=4)
+    task = Task(canvas=config.canvas, data=config.data)
+    metrics = evaluate_run(run, "val", task=task, max_samples=4)  # the model in a process of its own
     saved = json.loads((run / "eval_val.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     keys = {"mse", "psnr", "ssim", "dyn_mse", "dyn_fraction", "copy_mse", "copy_dyn_mse", "mse_vs_copy",
-            "dyn_mse_vs_copy", "cf_acc", "cf_spread", "motor_dir_acc", "infer_ms", "infer_ms_27", "n_samples",
-            "split", "seed", "model_kind", "parameters", "history"}  # fmt: skip
+            "dyn_mse_vs_copy", "cf_acc", "cf_spread", "motor_dir_acc", "infer_ms", "infer_ms_27",
+            "infer_ms_27_noise", "n_samples", "split", "seed", "model_kind", "parameters",
+            "history"}  # fmt: skip
     assert keys <= set(saved) and saved["model_kind"] == "dit" and saved["n_samples"] >= 1
     with np.load(run / "cf_val.npz") as cf:
         n = len(cf["index"])
@@ -317,5 +393,18 @@ def test_evaluate_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert cf["true_action"].shape == cf["mse"].shape == cf["hard"].shape == (n,)
     assert not list(run.glob(".*.tmp"))
 
-    main([str(run), "--split", "val", "--max-samples", "4"])
+    model, _ = load_run(run)  # the same model judged in this process scores the same
+    split = load_split(dataset, CANVAS, "val")
+    assert without_timing(judge(model, split, max_samples=4).metrics) == without_timing(metrics)
+
+    experiment = tmp_path / "task.toml"
+    experiment.write_text(
+        "[canvas]\nframe_width = 16\nframe_height = 16\nseparator_width = 4\nmotor_strip_height = 4\n\n"
+        f'[data]\ndataset = "{dataset}"\n'
+    )
+    main([str(run), "--split", "val", "--max-samples", "4", "--task", str(experiment)])
     assert "cf_acc" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # without --task: experiments/dit.toml, whose canvas is not this one
+        main([str(run), "--split", "val", "--max-samples", "4", "--dataset", str(dataset)])
+    err = capsys.readouterr().err
+    assert "error: the model was built for another canvas than the task's: frame_width 16 (task: 64)" in err

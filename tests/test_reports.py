@@ -80,7 +80,7 @@ def night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightP
         config = write_config(root / f"idea{index}.toml", small_cache, seed=index, **train)
         result = run_train(config, run_dir, budget="3s")
         assert result.returncode == 0, result.stderr
-        evaluate_run(run_dir, "val", max_samples=48)
+        evaluate_run(run_dir, "val", task=config, max_samples=48)
         (run_dir / reports.PROPOSAL_DIFF).write_text(f"-lr = 1e-3\n+lr = {train.get('lr', 1e-3)}\n")
         record = make_record(paths, index, hypothesis, ledger.read())
         ledger.append(record)

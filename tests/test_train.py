@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,13 @@ from models.config import ExperimentConfig, load_config, parse_duration
 from models.data import load_split
 from models.errors import ConfigError, DatasetError
 from models.evaluate import evaluate_run
+from models.task import Task
 from models.train import EXIT_NAN, learning_rate
 from models.world_model import to_tensor
-from tests.helpers import run_train, write_config
+from tests.helpers import run_module, run_train, write_config
 
 
-@pytest.mark.parametrize(("kind", "budget"), [("dit", 10.0), ("gpt", 4.0)])
+@pytest.mark.parametrize(("kind", "budget"), [("dit", 5.0), ("gpt", 3.0)])
 def test_budget_is_respected_and_outputs_are_written(
     small_cache: Path, tmp_path: Path, kind: str, budget: float
 ):
@@ -28,13 +30,22 @@ def test_budget_is_respected_and_outputs_are_written(
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert budget <= metrics["train_seconds"] < budget + 0.5  # the budget is wall-clock training time
+    # the budget is CPU time of the loop on every core the process may use; it stops at the first step past it
+    threads = metrics["threads"]
+    assert metrics["clock"] == "cpu" and threads == len(os.sched_getaffinity(0))
+    assert metrics["budget_cpu_seconds"] == budget * threads
+    assert budget * threads <= metrics["cpu_seconds"] < budget * threads + 0.5
     assert metrics["steps"] > 10 and metrics["samples"] == metrics["steps"] * 4
-    assert metrics["model_kind"] == kind and metrics["val_loss"] > 0
+    assert metrics["model_kind"] == kind and metrics["val_loss"] > 0 and metrics["seed"] == 0
     rows = list(csv.DictReader((run / "train_log.csv").open()))
     assert len(rows) >= 3
     assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
     assert int(rows[-1]["step"]) == metrics["steps"]
+    # time_s is the budget's clock in seconds of budget (CPU-s / threads): it ends at the budget
+    times = [float(r["time_s"]) for r in rows]
+    assert times == sorted(times) and times[-1] < budget + 0.5
+    cpu = [float(r["cpu_s"]) for r in rows]
+    assert cpu == sorted(cpu) and cpu[-1] >= times[-1] * threads
     saved = ExperimentConfig.model_validate_json((run / "config.json").read_text())
     assert saved == load_config(config)
     assert (run / "model.safetensors").exists() and (run / "ema.safetensors").exists()
@@ -85,7 +96,21 @@ def test_checkpoint_whose_cameras_the_dataset_lacks_is_refused(small_cache: Path
     with pytest.raises(
         DatasetError, match=r"camera\(s\) \['top'\] not in .*info.json; it has \['wrist', 'base'\]"
     ):
-        evaluate_run(run, "val")
+        evaluate_run(run, "val", task=Task(canvas=top.canvas, data=top.data))
+
+
+def test_the_wall_clock_counts_wall_time_and_seed_overrides_the_config(small_cache: Path, tmp_path: Path):
+    """`--clock wall` is what a GPU run gets (and the old behaviour on CPU); `--seed` beats [train] seed."""
+    config = write_config(tmp_path / "tiny.toml", small_cache, "gpt", seed=1)
+    run = tmp_path / "run"
+    args = ("--config", config, "--budget", "2s", "--out", run, "--clock", "wall", "--seed", 9, "--quiet")
+    result = run_module("models.train", *args)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["clock"] == "wall" and metrics["budget_cpu_seconds"] is None
+    assert metrics["wall_seconds"] >= 2.0 and metrics["budget_seconds"] == 2.0
+    assert metrics["seed"] == 9 and json.loads((run / "config.json").read_text())["train"]["seed"] == 9
+    assert metrics["cpu_seconds"] > 0 and metrics["warmup_seconds"] > 0
 
 
 def test_nan_loss_exits_with_its_own_code(small_cache: Path, tmp_path: Path):

@@ -1,0 +1,226 @@
+"""A busy machine: the baseline trained alone and beside one CPU-bound process, under the old and new clocks.
+
+    python -m benchmarks.load [--budget 2m] [--seeds 0,1] [--variants old,new,one-core] [--dataset data/sim]
+
+The complaint: a run kept as "9% better" had trained 2.6x more samples than the baseline, because the
+machine was less busy while it trained. Each variant trains experiments/dit.toml on the dataset twice per
+seed, alone and beside `python -c 'while True: pass'`, and judges both with `python -m models.evaluate` on
+val (the busy process is stopped before judging):
+
+- old: the budget before this benchmark: wall time, libgomp's default waiting (spin 300,000 times, then
+  sleep), one thread per core;
+- wall-new-wait (optional): wall time with the new waiting, to see what the wait policy alone changes;
+- new: what the harness runs now, `Executor.train`: CPU time of the loop (budget x cores CPU-seconds) on the
+  executor's cores (all of the harness's), spin 300 times then sleep (WAIT_POLICY), RLIMIT_CPU;
+- one-core: the same on one core, one thread: what each of two runs side by side gets (`split_cores`).
+
+The target: beside the busy process, a run trains within 20% of the samples it trains alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.common import Row, print_table, write_section
+from harness.executor import WAIT_POLICY, Executor
+from harness.loop import default_grace
+from models.config import parse_duration
+
+NAME = "load"
+TITLE = "Training beside a busy machine: samples alone vs beside one CPU-bound process"
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("old", "wall-new-wait", "new", "one-core")
+BUSY = "while True: pass"
+
+
+@dataclass
+class Trained:
+    """One training and its judgement."""
+
+    metrics: dict
+    mse: float | None
+    judge: str  # "mse" (models.evaluate) or "val_loss" (the training's own, when the evaluator failed)
+    seconds: float
+    harness_cpu_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def old_env() -> dict[str, str]:
+    """The environment of a training before the fair budget: libgomp's defaults, every core."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    return {**env, "GOMP_SPINCOUNT": "300000"}  # libgomp's default when OMP_WAIT_POLICY is unset
+
+
+def new_wait_env() -> dict[str, str]:
+    """The harness's wait policy (WAIT_POLICY) with the old clock."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    return {**env, **WAIT_POLICY}
+
+
+def train(variant: str, config: Path, out: Path, dataset: Path, budget_s: float, seed: int) -> Trained:
+    """Train one variant into `out`; raises CalledProcessError/RuntimeError when the training failed."""
+    start = time.monotonic()
+    if variant in ("new", "one-core"):
+        cores = [min(os.sched_getaffinity(0))] if variant == "one-core" else None
+        executor = Executor(ROOT, dataset, cores=cores)
+        grace = default_grace(budget_s)
+        result = executor.train(str(config), out, budget_s, grace, seed, timeout_s=10 * budget_s)
+        if not result.ok:
+            raise RuntimeError(f"{variant}: {result.reason}\n{result.tail}")
+        harness_cpu = result.cpu_s
+    else:
+        command = [sys.executable, "-m", "models.train", "--config", str(config), "--out", str(out)]
+        command += ["--budget", f"{budget_s:g}s", "--dataset", str(dataset), "--seed", str(seed)]
+        command += ["--clock", "wall"]
+        env = old_env() if variant == "old" else new_wait_env()
+        subprocess.run([*command, "--quiet"], cwd=ROOT, env=env, check=True)
+        harness_cpu = None
+    metrics = json.loads((out / "metrics.json").read_text())
+    return Trained(metrics, None, "", time.monotonic() - start, harness_cpu)
+
+
+def judge(trained: Trained, out: Path, dataset: Path, samples: int) -> None:
+    """Val mse from models.evaluate, or the training's val loss (said so) when the evaluator fails."""
+    command = [sys.executable, "-m", "models.evaluate", str(out), "--split", "val", "--dataset", str(dataset)]
+    result = subprocess.run(
+        [*command, "--max-samples", str(samples)], cwd=ROOT, capture_output=True, text=True
+    )
+    try:
+        trained.mse, trained.judge = json.loads((out / "eval_val.json").read_text())["mse"], "mse"
+    except (OSError, ValueError, KeyError):
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        trained.errors.append(f"models.evaluate failed ({last}); judged by the training's val loss")
+        trained.mse, trained.judge = trained.metrics.get("val_loss"), "val_loss"
+
+
+def run_one(variant: str, loaded: bool, seed: int, args: argparse.Namespace) -> Trained:
+    out = args.runs / f"{variant}-{'loaded' if loaded else 'alone'}-seed{seed}"
+    busy = subprocess.Popen([sys.executable, "-c", BUSY]) if loaded else None
+    try:
+        trained = train(variant, args.config, out, args.dataset, args.budget_s, seed)
+    finally:
+        if busy:
+            busy.kill()
+            busy.wait()
+    judge(trained, out, args.dataset, args.eval_samples)
+    m = trained.metrics
+    print(
+        f"{variant:12s} {'loaded' if loaded else 'alone':6s} seed {seed}: {m['samples']:,} samples, "
+        f"{m['cpu_seconds']:.0f} CPU-s, {m['wall_seconds']:.0f} s wall, others {m['others_cores']} cores, "
+        f"{trained.judge} {trained.mse}",
+        flush=True,
+    )
+    return trained
+
+
+def mean(values: list[float | None]) -> float:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else float("nan")
+
+
+def variant_rows(variant: str, alone: list[Trained], loaded: list[Trained]) -> list[Row]:
+    """Means over seeds, and the figure that matters: samples beside the busy process / alone."""
+    ratio = mean([b.metrics["samples"] / a.metrics["samples"] for a, b in zip(alone, loaded, strict=True)])
+    clock = alone[0].metrics["clock"]
+    target = "0.8 to 1.2" if variant in ("new", "one-core") else ""
+    judged = {t.judge for t in alone + loaded}
+    quality = "val mse" if judged == {"mse"} else "val loss (training's; evaluator failed)"
+    rows = [Row(f"{variant}: samples beside / alone", ratio, "x", target, f"{clock} clock")]
+    for label, runs in (("alone", alone), ("beside busy", loaded)):
+        m = [t.metrics for t in runs]
+        cpu, wall = mean([x["cpu_seconds"] for x in m]), mean([x["wall_seconds"] for x in m])
+        per_cpu, others = mean([x["samples_per_cpu_s"] for x in m]), mean([x["others_cores"] for x in m])
+        note = (
+            f"{cpu:.0f} CPU-s, {wall:.0f} s wall, {per_cpu:.1f} samples/CPU-s, "
+            f"others {others:.2f} cores, {m[0]['threads']} threads"
+        )
+        rows.append(Row(f"{variant} {label}: samples", mean([x["samples"] for x in m]), "", "", note))
+        rows.append(Row(f"{variant} {label}: {quality}", mean([t.mse for t in runs]), ""))
+    return rows
+
+
+def busy_processes(seconds: float = 1.0) -> list[str]:
+    """Other processes using more than 20% of a core right now (from /proc): what else ran."""
+
+    def ticks() -> dict[int, tuple[str, int]]:
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text[text.rindex(")") + 2 :].split()
+            found[int(stat.parent.name)] = (name, int(fields[11]) + int(fields[12]))
+        return found
+
+    before = ticks()
+    time.sleep(seconds)
+    after = ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    return sorted(
+        f"{name} ({(t - before[pid][1]) / hz / seconds:.0%})"
+        for pid, (name, t) in after.items()
+        if pid in before and pid != os.getpid() and (t - before[pid][1]) / hz / seconds > 0.2
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--budget", default="2m", help="per-run budget, as `harness run --per-run` (the demo's)"
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument(
+        "--variants", default="old,new,one-core", help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments/dit.toml")
+    parser.add_argument("--dataset", type=Path, default=ROOT / "data/sim")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench/load")
+    parser.add_argument("--eval-samples", type=int, default=512)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    args.budget_s = parse_duration(args.budget)
+    args.dataset = args.dataset.resolve()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+
+    before = busy_processes()
+    rows: list[Row] = []
+    errors: list[str] = []
+    for variant in variants:
+        alone, loaded = [], []
+        for seed in seeds:
+            alone.append(run_one(variant, False, seed, args))
+            loaded.append(run_one(variant, True, seed, args))
+        rows += variant_rows(variant, alone, loaded)
+        errors += sorted({e for t in alone + loaded for e in t.errors})
+    after = busy_processes()
+    title = f"{TITLE} ({args.budget} per run)"
+    print_table(title, rows)
+    if not args.no_write:
+        notes = (
+            f"experiments/dit.toml on {args.dataset.name}, {args.budget} per run, seed(s) "
+            f"{', '.join(map(str, seeds))}, {args.eval_samples} val samples judged by models.evaluate. "
+            "'beside' = a `python -c 'while True: pass'` process running for the whole training; 'others' = "
+            "cores busy with other processes during the loop (the busy process included), from /proc/stat. "
+            f"Other processes busy (>20% of a core) when it started: {', '.join(before) or 'none'}; "
+            f"when it ended: {', '.join(after) or 'none'}."
+        )
+        if errors:
+            notes += " " + " ".join(errors)
+        write_section(NAME, title, rows, notes)
+
+
+if __name__ == "__main__":
+    main()
