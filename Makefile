@@ -31,8 +31,10 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness data show $(DATA) --split val --out reports/demo-canvases.png
 	$(VENV)/bin/harness run --budget $(DEMO_BUDGET) --per-run $(DEMO_PER_RUN) --agent local --dataset $(DATA)
 
+# Two workers, one test file each at a time (module fixtures such as a night are built once): most of the
+# suite waits on subprocesses starting Python and torch, so two at once halve it on 2 cores.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -703,7 +703,7 @@ class Night:
         records = [*self.ledger.read(), final]
         reports.render_run(self.paths, final, records)
         t = run.timings
-        t.overhead_s = max(0.0, time.monotonic() - run.started - t.agent_s - t.train_s - t.eval_s)
+        t.overhead_s = max(0.0, time.monotonic() - run.started - (t.total_s - t.overhead_s))
         final = final.model_copy(update={"timings": t, "finished_at": now()})
         with deferred_interrupt():
             self.ledger.append(final)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness.executor import split_cores
 from models.canvas import CanvasConfig
 from models.data import build_cache
 from robot.record import record_sim_dataset
@@ -16,6 +18,20 @@ from tests.helpers import SMALL_CANVAS
 
 # Tiny test models run fastest on one thread, and the suite must not fight a training run for two cores.
 torch.set_num_threads(1)
+
+
+def _pin_xdist_worker() -> None:
+    """Under `make test` (xdist workers) each worker, and every subprocess it starts, runs on cores of its
+    own (`split_cores`, as two runs of a night side by side): a training then uses one thread on a 2-core
+    machine, and the two workers never fight over a core."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker.startswith("gw") and 1 < count <= len(cores):
+        os.sched_setaffinity(0, split_cores(cores, count)[int(worker[2:]) % count])
+
+
+_pin_xdist_worker()
 
 EPISODES = 6
 ACTIONS = 8

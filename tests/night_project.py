@@ -13,7 +13,7 @@ from pathlib import Path
 
 import git
 
-from harness.agents.base import FileEdit
+from harness.agents.base import FileEdit, Proposal
 from harness.loop import NightSettings
 from tests.helpers import ROOT
 
@@ -66,6 +66,71 @@ def config_edit(search: str, replace: str) -> FileEdit:
 
 
 def tiny_night(root: Path, tag: str, dataset: Path, **overrides: object) -> NightSettings:
-    """Night settings for seconds-long runs on the tiny config."""
-    fields = {"budget_s": 600, "per_run_s": 2, "grace_s": 12, "eval_samples": 32, **overrides}
+    """Night settings for seconds-long runs on the tiny config; one baseline seed (the tiny baseline's seeds
+    score alike, so a second one tells nothing: tests of the noise floor ask for it)."""
+    fields = {
+        "budget_s": 600,
+        "per_run_s": 1.5,
+        "grace_s": 12,
+        "eval_samples": 32,
+        "baseline_seeds": 1,
+        **overrides,
+    }
     return NightSettings(root=root, tag=tag, dataset=dataset, **fields)
+
+
+# ------------------------------------------------------------------ proposals with certain fates
+
+LOSS_LINE = "    def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:\n"
+
+
+def loss_edit(body: str) -> FileEdit:
+    """Code run at the top of DiT.loss: after the smoke step's single call, it misbehaves."""
+    injected = "        self.calls = getattr(self, 'calls', 0) + 1\n        if self.calls > 3:\n" + "".join(
+        f"            {line}\n" for line in body.splitlines()
+    )
+    return FileEdit(path="models/dit.py", search=LOSS_LINE, replace=LOSS_LINE + injected)
+
+
+SAVE_LINE = "    save_weights(model, out / WEIGHTS_FILE)\n"
+
+
+def odd_seeds(body: str) -> FileEdit:
+    """An edit of models/train.py running `body` before the weights are saved, on odd seeds only."""
+    lines = "".join(f"        {line}\n" for line in body.splitlines())
+    return FileEdit(
+        path="models/train.py",
+        search=SAVE_LINE,
+        replace=f"    if tc.seed % 2:  # the confirmation seed\n{lines}{SAVE_LINE}",
+    )
+
+
+RESIDUAL = config_edit("residual = false", "residual = true")
+RUIN = odd_seeds(
+    "with torch.no_grad():\n"
+    "    for module in [model] + ([ema.model] if ema else []):\n"
+    "        for p in module.parameters():\n"
+    "            p.add_(0.5 * torch.randn_like(p))"
+)
+CRASH = odd_seeds("raise RuntimeError('boom on the confirmation seed')")
+
+PROPOSALS = [
+    Proposal(hypothesis="residual, but odd seeds are ruined", edits=[RESIDUAL, RUIN]),
+    Proposal(hypothesis="residual, but odd seeds crash", edits=[RESIDUAL, CRASH]),
+    Proposal(hypothesis="residual prediction starts at the copy baseline", edits=[RESIDUAL]),
+    Proposal(
+        hypothesis="no residual again (worse)", edits=[config_edit("residual = true", "residual = false")]
+    ),
+    Proposal(
+        hypothesis="grade more kindly", edits=[FileEdit(path="models/evaluate.py", content="print('hi')\n")]
+    ),
+    Proposal(hypothesis="escape the project", edits=[FileEdit(path="../outside.py", content="x = 1\n")]),
+    Proposal(hypothesis="touch git", edits=[FileEdit(path=".git/config", content="")]),
+    Proposal(hypothesis="a learning rate that explodes", edits=[config_edit("lr = 1e-30", "lr = 1e30")]),
+    Proposal(hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]),
+]
+EXPECTED = [
+    *("keep", "unconfirmed", "unconfirmed", "keep", "discard"),
+    *("rejected", "rejected", "rejected", "crash", "timeout"),
+]
+KEEP = 3  # the record of the confirmed keep (PROPOSALS[KEEP - 1]; record 0 is the baseline)

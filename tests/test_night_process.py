@@ -1,0 +1,291 @@
+"""The loop as a process: kill -9 and resume (in the middle of a confirmation), Ctrl-C, the budget kept,
+no API key in any file, an anthropic night over HTTP, a failing baseline, a failed proposal's spend, the CLI's
+one-line errors. Real `harness run` subprocesses on the tiny project of tests/night_project.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from harness.agents.anthropic_agent import AnthropicAgent
+from harness.agents.base import Agent, AgentContext, AgentError, Proposal
+from harness.agents.replay import ReplayAgent, write_replay
+from harness.ledger import Ledger, NightInfo, PendingRun, RunningState, RunStatus, TokenUse
+from harness.loop import Night, trial_seed
+from harness.paths import NightPaths, run_id_for
+from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
+from tests.helpers import ROOT, assert_one_line_error, harness
+from tests.night_project import (
+    BASE_CONFIG,
+    EXPERIMENT,
+    KEEP,
+    PROPOSALS,
+    commit_all,
+    config_edit,
+    loss_edit,
+    make_project,
+    tiny_night,
+)
+
+
+def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def replay_night_args(root: Path, tag: str, replay: Path, dataset: Path, per_run: str) -> list[str]:
+    """`harness run` arguments of a replay night on the tiny project."""
+    return [
+        *("--root", str(root), "--tag", tag, "--budget", "10m", "--per-run", per_run, "--grace", "15s"),
+        *("--agent", "replay", "--replay", str(replay), "--dataset", str(dataset), "--eval-samples", "32"),
+        *("--baseline-seeds", "1"),  # the noise floor is tested on the module's night
+    ]
+
+
+def wait_for(condition, timeout_s: float = 240.0) -> None:
+    """Poll a state of the files (not a timing): fails only if it never comes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.2)
+
+
+def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_twice(
+    small_cache: Path, tmp_path: Path
+):
+    root = make_project(tmp_path / "project")
+    proposals = [PROPOSALS[KEEP - 1]]
+    replay = write_replay(tmp_path / "p.jsonl", proposals)
+    args = replay_night_args(root, "k", replay, small_cache, per_run="3s")
+    paths = NightPaths(root, "k")
+    proc = run_harness(*args, "--max-runs", "2")
+
+    def confirming_run_one() -> bool:
+        state = RunningState.read(paths) if paths.current.exists() else None
+        return state is not None and state.phase == f"train seed {trial_seed(1, 1)}"
+
+    wait_for(confirming_run_one)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything it started
+    proc.wait()
+    assert len(Ledger(paths).read()) == 1
+    run_dir = paths.run_dir("k-001")
+    pending = PendingRun.read(run_dir)  # the first seed, judged before the kill
+    assert pending is not None and [t.seed for t in pending.trials] == [1000]
+    weights = (run_dir / "model.safetensors").stat().st_mtime_ns
+
+    resumed = run_harness(
+        "--root", str(root), "--resume", "k", "--agent", "replay", "--replay", str(replay), "--max-runs", "2"
+    )
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "k-001 · resumed at" in out
+    records = Ledger(paths).read()
+    assert [r.run_id for r in records] == [run_id_for("k", i) for i in range(2)]
+    assert [r.hypothesis for r in records[1:]] == [p.hypothesis for p in proposals]
+    assert [r.status for r in records] == [RunStatus.KEEP, RunStatus.KEEP]
+    run = records[1]
+    assert [t.seed for t in run.trials] == [1000, 1001] and run.commit == pending.record["commit"]
+    assert run.trials[0].metrics_val == pending.trials[0].metrics_val  # the judged seed was not redone
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns == weights
+    assert not (run_dir / "pending.json").exists()
+    assert git.Repo(root).heads["harness/k"].commit.hexsha == run.commit
+    info = NightInfo.read(paths)
+    assert info.finished_at is not None and not paths.current.exists()
+    assert len(paths.results_tsv.read_text().splitlines()) == 1 + 2
+
+
+def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[KEEP - i % 2] for i in range(50)])
+    budget, grace = 30.0, 10.0
+    settings = tiny_night(root, "b", small_cache, budget_s=budget, grace_s=grace, baseline_seeds=1)
+    start = time.monotonic()
+    info = Night(settings, ReplayAgent(replay)).run()
+    elapsed = time.monotonic() - start
+    records = Ledger(NightPaths(root, "b")).read()
+    assert info.end_reason == "budget spent" and len(records) >= 1
+    assert sum(r.timings.total_s for r in records) <= budget + grace
+    assert elapsed <= budget + grace
+
+
+def test_the_api_key_reaches_no_file(small_cache: Path, tmp_path: Path):
+    canary = "sk-ant-canary-" + os.urandom(8).hex()
+    root = make_project(tmp_path / "project")
+    leak = "\n".join(
+        [
+            "import os",
+            "print(dict(os.environ))",
+            "raise RuntimeError(os.environ.get('ANTHROPIC_API_KEY', 'no key'))",
+        ]
+    )
+    proposals = [
+        Proposal(
+            hypothesis=f"leak {canary} in the hypothesis",
+            edits=[config_edit("lr = 1e-30", "lr = 2e-30")],  # learns nothing either: discarded
+        ),
+        Proposal(hypothesis="print the environment", edits=[loss_edit(leak)]),
+    ]
+    replay = write_replay(tmp_path / "p.jsonl", proposals)
+    proc = run_harness(
+        "--root",
+        str(root),
+        "--tag",
+        "s",
+        "--budget",
+        "10m",
+        "--per-run",
+        "2s",
+        "--agent",
+        "replay",
+        "--replay",
+        str(replay),
+        "--dataset",
+        str(small_cache),
+        "--eval-samples",
+        "32",
+        "--max-runs",
+        "3",
+        "--baseline-seeds",
+        "1",
+        env={"ANTHROPIC_API_KEY": canary},
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    records = Ledger(NightPaths(root, "s")).read()
+    assert [r.status.value for r in records] == ["keep", "discard", "crash"]
+    assert "no key" in records[2].error_tail  # the training process never had the key
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
+    history = git.Repo(root).git.log("--all", "-p")
+    assert canary not in history and "[redacted]" in history
+
+
+def test_an_anthropic_night_against_the_fake_messages_api(
+    small_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Baseline, then one agent run whose proposal comes over HTTP after an overloaded (529) reply."""
+    canary = "sk-ant-canary-" + os.urandom(8).hex()
+    root = make_project(tmp_path / "project")
+    propose = tool_use_block(
+        "propose",
+        {
+            "hypothesis": "a twice larger learning rate",
+            "edits": [{"path": EXPERIMENT, "search": "lr = 1e-30", "replace": "lr = 2e-30"}],
+        },
+    )
+    with FakeMessagesAPI() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+        api.enqueue(
+            message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0)),
+            overloaded(),
+            message([propose], usage_=usage(300, 120, 0, 3000)),
+        )
+        settings = tiny_night(root, "a", small_cache, max_runs=2, baseline_seeds=1)
+        agent = AnthropicAgent(model="claude-sonnet-5-5", max_retries=2)
+        Night(settings, agent).run()
+        requests = api.message_requests()
+    records = Ledger(NightPaths(root, "a")).read()
+    assert [r.status.value for r in records] == ["keep", "discard"]
+    run = records[1]
+    assert run.tokens.input_tokens == 2300 and run.tokens.output_tokens == 170 and run.tokens.cost_usd > 0
+    assert len(requests) == 3  # the 529 was retried
+    system = requests[0]["system"]
+    assert "LOOP.md" in system[0]["text"] and system[0]["cache_control"] == {"type": "ephemeral"}
+    assert "# The night so far" in requests[0]["messages"][0]["content"][0]["text"]
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
+    summary = (root / "reports/summary.md").read_text()
+    assert f"**${run.tokens.cost_usd:.2f}**" in summary  # the night's API cost, at a glance
+
+
+def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    common = ["run", "--root", root, "--per-run", "2s", "--budget", "1m"]
+    assert_one_line_error(
+        harness(*common, "--dataset", tmp_path / "none"), "no dataset at", "harness data synth"
+    )
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--per-run", "soon"), "--per-run", "duration"
+    )
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--agent", "oracle"), "unknown agent 'oracle'"
+    )
+    assert_one_line_error(harness(*common, "--dataset", small_cache, "--model-kind", "rnn"), "--model-kind")
+    assert_one_line_error(harness("run", "--root", root, "--resume", "never"), "nothing to resume", "'never'")
+    not_git = tmp_path / "plain"
+    shutil.copytree(root / "models", not_git / "models")
+    assert_one_line_error(harness("run", "--root", not_git, "--dataset", small_cache), "not a git repository")
+
+
+def test_a_failing_baseline_ends_the_night_with_the_reason(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    (root / EXPERIMENT).write_text(BASE_CONFIG.replace("heads = 2", "heads = 3"))  # 32 is not divisible by 3
+    commit_all(root, "a broken baseline")
+    info = Night(
+        tiny_night(root, "f", small_cache), ReplayAgent(write_replay(tmp_path / "p.jsonl", []))
+    ).run()
+    records = Ledger(NightPaths(root, "f")).read()
+    assert [r.status.value for r in records] == ["rejected"] and "smoke step failed" in records[0].reason
+    assert info.end_reason.startswith("the baseline run failed (smoke step failed")
+    assert "did not produce an evaluation" in (root / "reports/summary.md").read_text()
+
+
+def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[KEEP - 1]])
+    args = replay_night_args(root, "c", replay, small_cache, per_run="30s")
+    paths = NightPaths(root, "c")
+    proc = run_harness(*args)
+    wait_for(lambda: paths.current.exists() and '"phase": "train"' in paths.current.read_text())
+    proc.send_signal(signal.SIGINT)  # the harness only, as a terminal's Ctrl-C reaches it
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "continue it with `harness run --resume c`" in out
+    info = NightInfo.read(paths)
+    assert info.end_reason == "interrupted (Ctrl-C)" and info.finished_at is None
+    assert Ledger(paths).read() == [] and not paths.current.exists()
+    training = subprocess.run(["pgrep", "-f", str(paths.run_dir("c-000"))], capture_output=True, text=True)
+    assert training.stdout.strip() == ""  # the training it had started is gone
+
+
+class Failing(Agent):
+    """An agent whose every proposal fails after spending tokens (as an LLM agent's may)."""
+
+    name = "failing"
+
+    def propose(self, context: AgentContext) -> Proposal:
+        raise AgentError(
+            "the reply had no proposal",
+            tokens=TokenUse(input_tokens=1200, cost_usd=0.25),
+            meta={"model": "claude-answering-model"},
+        )
+
+
+def test_a_failed_proposal_keeps_its_spend_and_names_its_model(small_cache: Path, tmp_path: Path):
+    root = make_project(tmp_path / "project")
+    Night(tiny_night(root, "f", small_cache, max_runs=2, baseline_seeds=1), Failing()).run()
+    records = Ledger(NightPaths(root, "f")).read()
+    assert [r.status for r in records] == [RunStatus.KEEP, RunStatus.REJECTED]
+    assert records[1].tokens.input_tokens == 1200 and records[1].tokens.cost_usd == 0.25
+    assert "$0.25" in (root / "reports/summary.md").read_text()
+    # Asked for no particular model, the night records the one that answered.
+    assert NightInfo.read(NightPaths(root, "f")).agent_model == "claude-answering-model"
