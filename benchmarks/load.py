@@ -1,20 +1,23 @@
 """A busy machine: the baseline trained alone and beside one CPU-bound process, under the old and new clocks.
 
-    python -m benchmarks.load [--budget 2m] [--seeds 0,1] [--variants old,new,one-core] [--dataset data/sim]
+    python -m benchmarks.load [--budget 2m] [--seeds 0,1] [--variants old,new,two-threads] [--busy 1,2]
 
 The complaint: a run kept as "9% better" had trained 2.6x more samples than the baseline, because the
 machine was less busy while it trained. Each variant trains experiments/dit.toml on the dataset twice per
-seed, alone and beside `python -c 'while True: pass'`, and judges both with `python -m models.evaluate` on
-val (the busy process is stopped before judging):
+seed, alone and beside one or more `python -c 'while True: pass'` processes (`--busy`), and judges each with
+`python -m models.evaluate` on val (the busy processes are stopped before judging):
 
 - old: the budget before this benchmark: wall time, libgomp's default waiting (spin 300,000 times, then
   sleep), one thread per core;
 - wall-new-wait (optional): wall time with the new waiting, to see what the wait policy alone changes;
-- new: what the harness runs now, `Executor.train`: CPU time of the loop (budget x cores CPU-seconds) on the
-  executor's cores (all of the harness's), spin 300 times then sleep (WAIT_POLICY), RLIMIT_CPU;
-- one-core: the same on one core, one thread: what each of two runs side by side gets (`split_cores`).
+- new: what the harness runs now, `Executor.train`: CPU time of the loop (budget CPU-seconds) of one
+  training thread (DEFAULT_THREADS) free to run on any of the harness's cores, RLIMIT_CPU;
+- two-threads: the same clock with two threads (budget x 2 CPU-seconds), spinning 300 times then sleeping
+  (WAIT_POLICY): why the harness trains one thread.
 
-The target: beside the busy process, a run trains within 20% of the samples it trains alone.
+The target: beside the busy processes, a run trains within 20% of the samples it trains alone. With two
+busy processes on two cores, every thread shares its core: one thread takes turns, but its CPU time per
+sample does not change.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from benchmarks.common import Row, print_table, write_section
 from harness.executor import WAIT_POLICY, Executor
 from harness.loop import default_grace
 from models.config import parse_duration
+from models.train import DEFAULT_THREADS
 
 NAME = "load"
 TITLE = "Training beside a busy machine: samples alone vs beside one CPU-bound process"
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("old", "wall-new-wait", "new", "one-core")
+VARIANTS = ("old", "wall-new-wait", "new", "two-threads")
 BUSY = "while True: pass"
 
 
@@ -68,9 +72,8 @@ def new_wait_env() -> dict[str, str]:
 def train(variant: str, config: Path, out: Path, dataset: Path, budget_s: float, seed: int) -> Trained:
     """Train one variant into `out`; raises CalledProcessError/RuntimeError when the training failed."""
     start = time.monotonic()
-    if variant in ("new", "one-core"):
-        cores = [min(os.sched_getaffinity(0))] if variant == "one-core" else None
-        executor = Executor(ROOT, dataset, cores=cores)
+    if variant in ("new", "two-threads"):
+        executor = Executor(ROOT, dataset, threads=2 if variant == "two-threads" else DEFAULT_THREADS)
         grace = default_grace(budget_s)
         result = executor.train(str(config), out, budget_s, grace, seed, timeout_s=10 * budget_s)
         if not result.ok:
@@ -101,19 +104,23 @@ def judge(trained: Trained, out: Path, dataset: Path, samples: int) -> None:
         trained.mse, trained.judge = trained.metrics.get("val_loss"), "val_loss"
 
 
-def run_one(variant: str, loaded: bool, seed: int, args: argparse.Namespace) -> Trained:
-    out = args.runs / f"{variant}-{'loaded' if loaded else 'alone'}-seed{seed}"
-    busy = subprocess.Popen([sys.executable, "-c", BUSY]) if loaded else None
+def beside(busy: int) -> str:
+    return "alone" if busy == 0 else f"beside {busy} busy"
+
+
+def run_one(variant: str, busy: int, seed: int, args: argparse.Namespace) -> Trained:
+    out = args.runs / f"{variant}-busy{busy}-seed{seed}"
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
     try:
         trained = train(variant, args.config, out, args.dataset, args.budget_s, seed)
     finally:
-        if busy:
-            busy.kill()
-            busy.wait()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     judge(trained, out, args.dataset, args.eval_samples)
     m = trained.metrics
     print(
-        f"{variant:12s} {'loaded' if loaded else 'alone':6s} seed {seed}: {m['samples']:,} samples, "
+        f"{variant:12s} {beside(busy):15s} seed {seed}: {m['samples']:,} samples, "
         f"{m['cpu_seconds']:.0f} CPU-s, {m['wall_seconds']:.0f} s wall, others {m['others_cores']} cores, "
         f"{trained.judge} {trained.mse}",
         flush=True,
@@ -126,15 +133,23 @@ def mean(values: list[float | None]) -> float:
     return statistics.fmean(present) if present else float("nan")
 
 
-def variant_rows(variant: str, alone: list[Trained], loaded: list[Trained]) -> list[Row]:
-    """Means over seeds, and the figure that matters: samples beside the busy process / alone."""
-    ratio = mean([b.metrics["samples"] / a.metrics["samples"] for a, b in zip(alone, loaded, strict=True)])
+def variant_rows(variant: str, runs_by_busy: dict[int, list[Trained]]) -> list[Row]:
+    """Means over seeds, and the figure that matters: samples beside the busy processes / alone."""
+    alone = runs_by_busy[0]
     clock = alone[0].metrics["clock"]
-    target = "0.8 to 1.2" if variant in ("new", "one-core") else ""
-    judged = {t.judge for t in alone + loaded}
+    target = "0.8 to 1.2" if variant == "new" else ""
+    judged = {t.judge for runs in runs_by_busy.values() for t in runs}
     quality = "val mse" if judged == {"mse"} else "val loss (training's; evaluator failed)"
-    rows = [Row(f"{variant}: samples beside / alone", ratio, "x", target, f"{clock} clock")]
-    for label, runs in (("alone", alone), ("beside busy", loaded)):
+    rows = []
+    for busy, loaded in runs_by_busy.items():
+        if busy:
+            pairs = zip(alone, loaded, strict=True)
+            ratio = mean([b.metrics["samples"] / a.metrics["samples"] for a, b in pairs])
+            rows.append(
+                Row(f"{variant}: samples {beside(busy)} / alone", ratio, "x", target, f"{clock} clock")
+            )
+    for busy, runs in runs_by_busy.items():
+        label = beside(busy)
         m = [t.metrics for t in runs]
         cpu, wall = mean([x["cpu_seconds"] for x in m]), mean([x["wall_seconds"] for x in m])
         per_cpu, others = mean([x["samples_per_cpu_s"] for x in m]), mean([x["others_cores"] for x in m])
@@ -180,8 +195,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument(
-        "--variants", default="old,new,one-core", help=f"comma-separated, of {', '.join(VARIANTS)}"
+        "--variants", default="old,new,two-threads", help=f"comma-separated, of {', '.join(VARIANTS)}"
     )
+    parser.add_argument("--busy", default="1,2", help="comma-separated counts of busy processes beside")
     parser.add_argument("--config", type=Path, default=ROOT / "experiments/dit.toml")
     parser.add_argument("--dataset", type=Path, default=ROOT / "data/sim")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench/load")
@@ -198,13 +214,14 @@ def main() -> None:
     before = busy_processes()
     rows: list[Row] = []
     errors: list[str] = []
+    busy_counts = [0, *sorted({int(b) for b in args.busy.split(",") if b.strip() and int(b) > 0})]
     for variant in variants:
-        alone, loaded = [], []
+        runs_by_busy: dict[int, list[Trained]] = {busy: [] for busy in busy_counts}
         for seed in seeds:
-            alone.append(run_one(variant, False, seed, args))
-            loaded.append(run_one(variant, True, seed, args))
-        rows += variant_rows(variant, alone, loaded)
-        errors += sorted({e for t in alone + loaded for e in t.errors})
+            for busy in busy_counts:
+                runs_by_busy[busy].append(run_one(variant, busy, seed, args))
+        rows += variant_rows(variant, runs_by_busy)
+        errors += sorted({e for runs in runs_by_busy.values() for t in runs for e in t.errors})
     after = busy_processes()
     title = f"{TITLE} ({args.budget} per run)"
     print_table(title, rows)
@@ -212,8 +229,9 @@ def main() -> None:
         notes = (
             f"experiments/dit.toml on {args.dataset.name}, {args.budget} per run, seed(s) "
             f"{', '.join(map(str, seeds))}, {args.eval_samples} val samples judged by models.evaluate. "
-            "'beside' = a `python -c 'while True: pass'` process running for the whole training; 'others' = "
-            "cores busy with other processes during the loop (the busy process included), from /proc/stat. "
+            "'beside N busy' = N `python -c 'while True: pass'` processes running for the whole training; "
+            "'others' = cores busy with other processes during the loop (the busy ones included), from "
+            "/proc/stat. "
             f"Other processes busy (>20% of a core) when it started: {', '.join(before) or 'none'}; "
             f"when it ended: {', '.join(after) or 'none'}."
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import Row, print_table, write_section
 from harness.agents import make_agent
-from harness.ledger import Ledger, RunStatus, Timings, baseline_run, best_run
+from harness.ledger import Ledger, RunStatus, Timings, baseline_run, best_run, night_noise
 from harness.loop import Night, NightSettings
 from harness.paths import NightPaths
 from harness.reports import metrics_on_test
@@ -52,19 +52,35 @@ def main() -> None:
 
     paths = NightPaths(project, "bench")
     records = Ledger(paths).read()
+    counts = {s.value: sum(r.status == s for r in records) for s in RunStatus}
     t = sum((r.timings for r in records), Timings())
-    overhead = wall - t.agent_s - t.train_s - t.eval_s
+    overhead = wall - t.agent_s - t.train_s - t.eval_s - t.confirm_s
+    confirmations = sum(len(r.trials) - 1 for r in records if not r.is_baseline and r.trials)
+    noise = night_noise(records)
     base, best = baseline_run(records), best_run(records)
     gain = 1 - best.primary / base.primary
     base_test, best_test = metrics_on_test(paths, base), metrics_on_test(paths, best)
     test_gain = 1 - best_test["mse"] / base_test["mse"] if base_test and best_test else None
-    counts = {s.value: sum(r.status == s for r in records) for s in RunStatus}
     rows = [
         Row("night wall time", wall / 60, "min", f"budget {budget / 60:g} min"),
         Row("harness overhead", 100 * overhead / wall, "% of the night", "<= 5%", f"{overhead:.0f} s"),
         Row("overrun past the budget", max(0.0, wall - budget), "s", f"<= grace {settings.grace:.0f} s"),
         Row("training", 100 * t.train_s / wall, "% of the night"),
         Row("evaluation", 100 * t.eval_s / wall, "% of the night"),
+        Row(
+            "more seeds (noise floor + confirmations)",
+            100 * t.confirm_s / wall,
+            "% of the night",
+            "",
+            f"{confirmations} confirmation runs, {counts.get('unconfirmed', 0)} unconfirmed",
+        ),
+        Row(
+            "noise floor (val mse σ)",
+            100 * (noise.mse or 0),
+            "%",
+            "",
+            f"{noise.dof} dof; margin {noise.margin:.1%}",
+        ),
         Row("agent", 100 * t.agent_s / wall, "% of the night", "", args.agent),
         Row("runs", len(records), "runs", "", ", ".join(f"{n} {k}" for k, n in counts.items() if n)),
         Row("baseline val mse", base.primary, "", "", base.run_id),

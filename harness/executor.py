@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness.ledger import RunStatus
 from harness.secrets import clean_env, redact
-from models.train import EXIT_NAN
+from models.train import DEFAULT_THREADS, EXIT_NAN
 
 TAIL_LINES = 30
 KILL_WAIT_S = 5.0
@@ -143,9 +143,12 @@ class Executor:
         on_tick: Callable[[str, float], None] | None = None,
         cores: Sequence[int] | None = None,
         judge_root: Path | None = None,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
-        """`cores`: the CPU cores every subprocess runs on, one thread each (default: the harness's own
-        affinity); parallel executors get disjoint ones from `split_cores`. `judge_root`: the tree the judge
+        """`cores`: the CPU cores every subprocess may run on (default: the harness's own affinity; the
+        scheduler puts a one-thread training on the least busy of them); parallel executors get disjoint ones
+        from `split_cores`. `threads`: the training's threads, at most one per core (DEFAULT_THREADS says
+        why one). `judge_root`: the tree the judge
         runs from, a snapshot of the pinned files (harness.pinned.extract_judge); None, the worktree itself
         (for a tree nobody else edits)."""
         self.judge_root = None if judge_root is None else Path(judge_root)
@@ -159,13 +162,12 @@ class Executor:
             raise ValueError(
                 f"cores {list(cores or [])} are not a non-empty subset of this process's {allowed}"
             )
-
-    @property
-    def threads(self) -> int:
-        return len(self.cores)
+        if threads < 1:
+            raise ValueError(f"a run needs at least one thread, got {threads}")
+        self.threads = min(threads, len(self.cores))
 
     def thread_env(self) -> dict[str, str]:
-        """The subprocesses' thread settings: one thread per core given, waiting as WAIT_POLICY says."""
+        """The subprocesses' thread settings: `threads` of them, waiting as WAIT_POLICY says."""
         threads = str(self.threads)
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **WAIT_POLICY}
 
@@ -245,7 +247,7 @@ class Executor:
         seed: int | None = None,
         timeout_s: float | None = None,
     ) -> StepResult:
-        """Train for `budget_s` of compute on this executor's cores (on CPU, `budget_s` x cores CPU-seconds
+        """Train for `budget_s` of compute on this executor's cores (on CPU, `budget_s` x threads CPU-seconds
         of the training loop; on a GPU, its wall time), with `--seed` when given.
 
         Killed past `timeout_s` of wall time (default budget + grace: startup, saving and the val loss live
@@ -272,9 +274,9 @@ class Executor:
         return self._run("training", args, run_dir / "train.log", timeout_s, limit)
 
     def cpu_limit(self, budget_s: float, grace_s: float) -> float:
-        """CPU-seconds a training process may use in all: its budget on every core, plus what lies outside
+        """CPU-seconds a training process may use in all: its budget on every thread, plus what lies outside
         the budget (startup with `import torch`, copying the canvases, the warm-up step, saving, the val loss;
-        about 12 CPU-s for the baseline) for which we allow the cores fully for the grace period, and never
+        about 12 CPU-s for the baseline) for which we allow its threads fully for the grace period, and never
         less than MIN_CPU_ALLOWANCE_S so that a short --grace does not kill an honest startup. Generous on
         purpose: it stops a training that ignores its budget; `cpu_s` in the ledger shows what each used."""
         return budget_s * self.threads + max(grace_s * self.threads, MIN_CPU_ALLOWANCE_S)

@@ -48,8 +48,8 @@ def run(
     per_run: str = typer.Option(
         "5m",
         "--per-run",
-        help="training compute of each run: on CPU, 5m is 5 minutes of CPU time on each core the run is "
-        "given (a run slowed by other programs takes longer but trains as much); on a GPU, 5 minutes",
+        help="training compute of each run: on CPU, 5m is 5 minutes of CPU time of its one training "
+        "thread (a run slowed by other programs takes longer but trains as much); on a GPU, 5 minutes",
     ),
     baseline_seeds: int = typer.Option(
         2, "--baseline-seeds", help="seeds the baseline trains on; their spread is the night's noise floor"

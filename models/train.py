@@ -4,16 +4,16 @@
 
 Every run gets the same budget of compute, so runs compare by what they learn with it, not by how busy the
 machine was (like autoresearch, but fair under load). On CPU the budget is the training loop's own CPU time,
-all threads together: `--budget 5m` means 5 minutes on each core the run may use (its CPU affinity, capped by
-OMP_NUM_THREADS), i.e. 600 CPU-seconds on 2 cores. A one-thread run alone takes about 5 minutes of wall
-time; threads that wait for each other (small models) and other programs make a run take longer for the
-same compute, so it trains as much. On CUDA the budget is the loop's wall time (a dedicated GPU does not
+all threads together: `--budget 5m` means 5 minutes on each of its threads, i.e. 300 CPU-seconds with the
+default single thread (DEFAULT_THREADS says why one; OMP_NUM_THREADS=2 makes it 600). A run alone takes
+about 5 minutes of wall time; other programs make it take longer for the same compute, so it trains as
+much. On CUDA the budget is the loop's wall time (a dedicated GPU does not
 slow down when the CPU is busy). The first step (lazy initialisation, allocator warm-up), startup, saving
 and the val loss are outside the budget.
 
 The learning rate warms up over `warmup_steps` and then follows a cosine over the budget's clock, so a run
-always ends at the low learning rate whatever its speed. CPU runs use float32 with one thread per core
-given; CUDA runs use bf16 autocast, SDPA and optionally torch.compile.
+always ends at the low learning rate whatever its speed. CPU runs use float32 on DEFAULT_THREADS threads;
+CUDA runs use bf16 autocast, SDPA and optionally torch.compile.
 
 Writes to --out: config.json, model.safetensors, ema.safetensors (when EMA is on), train_log.csv
 (step, time_s on the budget's clock, wall_s, cpu_s, samples, loss, lr, samples_per_s) and metrics.json (the
@@ -84,16 +84,26 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+DEFAULT_THREADS = 1
+"""Training threads on CPU unless OMP_NUM_THREADS says otherwise, whatever the cores. One thread is the only
+count whose samples per CPU-second do not move with the machine's load, which a CPU-time budget needs: at
+d=128 two threads that wait for each other at every op reach ~17 samples per CPU-second alone but ~23
+beside one busy process (it serializes them and they stop waiting), so a CPU-time budget favoured the loaded
+run by 1.3x; with libgomp's spinning they reach ~21 alone and ~10 beside it, the collapse of the complaint.
+One thread trains ~27 samples per CPU-second in both cases, and more per wall-second than two threads that
+sleep while they wait (benchmarks/load.py). Cores beyond a run's thread go to other runs, not more threads."""
+
+
 def cpu_threads() -> int:
-    """The cores this process may run on (its CPU affinity, which the harness sets), capped by a positive
-    OMP_NUM_THREADS. Never os.cpu_count(): a run pinned to one core of a 2-core machine that starts 2 threads
-    makes them take turns on that core."""
+    """A positive OMP_NUM_THREADS (the harness sets it), else DEFAULT_THREADS, capped by the cores this
+    process may run on (its CPU affinity). Never os.cpu_count(): a run pinned to one core of a 2-core machine
+    that starts 2 threads makes them take turns on that core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        cap = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+        wanted = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
     except ValueError:
-        return cores
-    return min(cores, cap) if cap > 0 else cores
+        wanted = DEFAULT_THREADS
+    return min(cores, wanted if wanted > 0 else DEFAULT_THREADS)
 
 
 def machine_busy_seconds() -> float | None:
@@ -435,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--budget",
         default="5m",
-        help="training time on each core the run may use, e.g. 90s, 5m, 1h (CPU time on CPU, wall on a GPU)",
+        help="training time on each of its threads, e.g. 90s, 5m, 1h (CPU time on CPU, wall on a GPU)",
     )
     parser.add_argument("--seed", type=int, default=None, help="override the config's [train] seed")
     parser.add_argument(

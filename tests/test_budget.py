@@ -16,7 +16,7 @@ import pytest
 import harness.executor as executor_module
 from harness.executor import CPU_LIMIT_REASON, Executor, split_cores
 from harness.ledger import RunStatus
-from models.train import BudgetClock, Usage, cpu_threads, machine_busy_seconds
+from models.train import DEFAULT_THREADS, BudgetClock, Usage, cpu_threads, machine_busy_seconds
 from tests.helpers import ROOT, write_config
 
 ONE_CORE = [min(os.sched_getaffinity(0))]
@@ -124,19 +124,35 @@ def test_an_edited_loop_that_ignores_its_budget_is_stopped_by_the_harness(
     result = executor.train(str(config), tmp_path / "run", 1.0, grace_s=7.0, seed=1, timeout_s=300.0)
     assert result.status == RunStatus.CRASH, result.tail
     assert result.reason.startswith(CPU_LIMIT_REASON) and "limit is 8" in result.reason
-    assert result.cpu_s is not None and limit - 0.1 < result.cpu_s < limit + 0.5
+    assert result.cpu_s is not None and limit - 0.1 < result.cpu_s < limit + 1.0
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_cpu_limit_is_the_budget_on_every_core_plus_the_grace_and_never_under_the_minimum(tmp_path: Path):
+def test_cpu_limit_is_the_budget_on_every_thread_plus_the_grace_and_never_under_the_minimum(tmp_path: Path):
     cores = sorted(os.sched_getaffinity(0))
-    executor = Executor(tmp_path, tmp_path, cores=cores)
-    n = len(cores)
-    assert executor.cpu_limit(300.0, 60.0) == 300.0 * n + max(60.0 * n, executor_module.MIN_CPU_ALLOWANCE_S)
-    assert executor.cpu_limit(2.0, 1.0) == 2.0 * n + executor_module.MIN_CPU_ALLOWANCE_S
-    env = executor.thread_env()
-    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(n)
-    assert env["GOMP_SPINCOUNT"] == "300" and "OMP_WAIT_POLICY" not in env
+    for threads, n in ((1, 1), (2, min(2, len(cores))), (len(cores) + 5, len(cores))):
+        executor = Executor(tmp_path, tmp_path, cores=cores, threads=threads)
+        assert executor.threads == n  # never more threads than cores
+        assert executor.cpu_limit(300.0, 60.0) == 300.0 * n + max(
+            60.0 * n, executor_module.MIN_CPU_ALLOWANCE_S
+        )
+        assert executor.cpu_limit(2.0, 1.0) == 2.0 * n + executor_module.MIN_CPU_ALLOWANCE_S
+        env = executor.thread_env()
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == str(n)
+        assert env["GOMP_SPINCOUNT"] == "300" and "OMP_WAIT_POLICY" not in env
+
+
+def test_a_run_trains_one_thread_on_any_of_the_harness_cores_by_default(small_cache: Path, tmp_path: Path):
+    """One thread whatever the cores (DEFAULT_THREADS: the only count fair under a CPU-time budget), free
+    to run on any core the harness has, so the scheduler puts it beside, not on top of, another program."""
+    executor = Executor(ROOT, small_cache)
+    assert (executor.threads, executor.cores) == (1, sorted(os.sched_getaffinity(0)))
+    config = write_config(tmp_path / "tiny.toml", small_cache)
+    trained = executor.train(str(config), tmp_path / "run", 0.5, grace_s=60.0, seed=1, timeout_s=300.0)
+    assert trained.ok, trained.reason + trained.tail
+    m = metrics_of(tmp_path / "run")
+    assert (m["threads"], m["omp_num_threads"], m["cores"]) == (1, "1", sorted(os.sched_getaffinity(0)))
+    assert m["budget_cpu_seconds"] == 0.5 and 0.5 <= m["cpu_seconds"] < 1.0
 
 
 def test_executor_runs_on_its_own_affinity_by_default_and_refuses_cores_it_cannot_use(tmp_path: Path):
@@ -146,6 +162,8 @@ def test_executor_runs_on_its_own_affinity_by_default_and_refuses_cores_it_canno
         Executor(tmp_path, tmp_path, cores=[max(os.sched_getaffinity(0)) + 1])
     with pytest.raises(ValueError, match="subset"):
         Executor(tmp_path, tmp_path, cores=[])
+    with pytest.raises(ValueError, match="at least one thread"):
+        Executor(tmp_path, tmp_path, threads=0)
 
 
 def test_split_cores_gives_parallel_runs_equal_disjoint_shares():
@@ -159,11 +177,11 @@ def test_split_cores_gives_parallel_runs_equal_disjoint_shares():
         split_cores([0, 1], 0)
 
 
-def test_threads_follow_the_affinity_capped_by_omp_num_threads(monkeypatch: pytest.MonkeyPatch):
+def test_threads_are_omp_num_threads_or_one_capped_by_the_affinity(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu_threads() == 3
-    for value, threads in (("2", 2), ("8", 3), ("1,1", 1), ("0", 3), ("many", 3)):
+    assert cpu_threads() == DEFAULT_THREADS == 1
+    for value, threads in (("2", 2), ("8", 3), ("1,1", 1), ("0", 1), ("many", 1)):
         monkeypatch.setenv("OMP_NUM_THREADS", value)
         assert cpu_threads() == threads, value
 
