@@ -180,7 +180,7 @@ def noise(args: argparse.Namespace) -> None:
     extract_judge(ROOT, "HEAD", judge)
     executor = Executor(ROOT, args.dataset.resolve(), judge_root=judge)
     experiment = EXPERIMENTS["dit"]
-    results = []
+    results, others = [], []
     for seed in range(args.seeds):
         run = out / f"seed-{seed}"
         trained = executor.train(
@@ -193,8 +193,9 @@ def noise(args: argparse.Namespace) -> None:
             raise SystemExit(f"seed {seed}: {step.reason}")
         train = train_summary(run)
         mse, cf = metrics["mse"], metrics["cf_acc"]
-        print(f"seed {seed}: {train['samples']} samples, val mse {mse:.6g}, cf_acc {cf:.3f}")
+        print(f"seed {seed}: {train['samples']} samples, val mse {mse:.6g}, cf_acc {cf:.3f}", flush=True)
         results.append((seed, train["samples"], mse, cf))
+        others.append(train.get("others_cores") or 0.0)
     mse = [m for _, _, m, _ in results]
     cf = [c for *_, c in results]
     sigma, mse_range = spread(mse)
@@ -204,7 +205,8 @@ def noise(args: argparse.Namespace) -> None:
             100 * sigma,
             "% of mean",
             "",
-            f"{args.seeds} seeds, mean {statistics.fmean(mse):.4g}",
+            f"{args.seeds} seeds, mean {statistics.fmean(mse):.4g}, others busy "
+            f"{statistics.fmean(others):.2f} cores",
         ),
         Row(f"val mse max/min at {args.per_run}", 100 * mse_range, "%"),
         Row(
@@ -218,11 +220,14 @@ def noise(args: argparse.Namespace) -> None:
             f"{min(s for _, s, _, _ in results)}-{max(s for _, s, _, _ in results)}",
         ),
     ]
-    title = "Noise floor: the baseline DiT on several seeds (2 CPU cores)"
+    title = "Noise floor: the baseline DiT on several seeds (one training thread, CPU-time budget)"
     print_table(title, rows)
-    write_section(
-        "verdicts_noise", title, rows, "Seeds trained one after another; nothing else ran.", merge=True
+    note = (
+        "Each per-run budget's seeds trained one after another, one thread each; 'others busy' = cores other "
+        "programs kept busy on average during their training (from /proc/stat). A row measured at another "
+        "budget is kept from its own run (the section is completed in parts)."
     )
+    write_section("verdicts_noise", title, rows, note, merge=True)
 
 
 def main() -> None:
