@@ -39,7 +39,7 @@ from models.config import parse_duration
 from models.train import DEFAULT_THREADS
 
 NAME = "load"
-TITLE = "Training beside a busy machine: samples alone vs beside one CPU-bound process"
+TITLE = "Training beside a busy machine: samples alone vs beside CPU-bound processes"
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("old", "wall-new-wait", "new", "two-threads")
 BUSY = "while True: pass"

@@ -162,11 +162,13 @@ def aa(args: argparse.Namespace) -> None:
     title = f"A/A night: {args.runs} no-op proposals at {args.per_run} per run, random CPU load beside it"
     print_table(title, rows)
     notes = (
-        f"One night of {args.runs} runs that change nothing but the seed (2 CPU cores, DiT, "
+        f"One night of {args.runs} runs that change nothing but the seed (one training thread each, DiT, "
         f"`{args.dataset.name}`), "
         "with a `while True: pass` process switched on and off at random beside it. Today's rule is applied "
         "to the same runs' first seeds, so both columns see the same chance; today's wall-clock budget "
-        "would add the load's effect on top (see the load benchmark). Nothing else ran on the machine."
+        "would add the load's effect on top (see the load benchmark). Other programs, the hog included, kept "
+        f"{statistics.fmean(t.train.get('others_cores') or 0.0 for t in firsts):.2f} cores busy on average "
+        "during the runs' training (from /proc/stat)."
     )
     write_section("verdicts_aa", title, rows, notes)
 
