@@ -148,9 +148,8 @@ class Executor:
         """`cores`: the CPU cores every subprocess may run on (default: the harness's own affinity; the
         scheduler puts a one-thread training on the least busy of them); parallel executors get disjoint ones
         from `split_cores`. `threads`: the training's threads, at most one per core (DEFAULT_THREADS says
-        why one). `judge_root`: the tree the judge
-        runs from, a snapshot of the pinned files (harness.pinned.extract_judge); None, the worktree itself
-        (for a tree nobody else edits)."""
+        why one). `judge_root`: the tree the judge runs from, a snapshot of the pinned files
+        (harness.pinned.extract_judge); None, the worktree itself (for a tree nobody else edits)."""
         self.judge_root = None if judge_root is None else Path(judge_root)
         self.worktree = Path(worktree)
         self.dataset = Path(dataset).resolve()

@@ -7,9 +7,9 @@ machine was (like autoresearch, but fair under load). On CPU the budget is the t
 all threads together: `--budget 5m` means 5 minutes on each of its threads, i.e. 300 CPU-seconds with the
 default single thread (DEFAULT_THREADS says why one; OMP_NUM_THREADS=2 makes it 600). A run alone takes
 about 5 minutes of wall time; other programs make it take longer for the same compute, so it trains as
-much. On CUDA the budget is the loop's wall time (a dedicated GPU does not
-slow down when the CPU is busy). The first step (lazy initialisation, allocator warm-up), startup, saving
-and the val loss are outside the budget.
+much. On CUDA the budget is the loop's wall time (a dedicated GPU does not slow down when the CPU is busy).
+The first step (lazy initialisation, allocator warm-up), startup, saving and the val loss are outside the
+budget.
 
 The learning rate warms up over `warmup_steps` and then follows a cosine over the budget's clock, so a run
 always ends at the low learning rate whatever its speed. CPU runs use float32 on DEFAULT_THREADS threads;
