@@ -69,11 +69,14 @@ def _existing_rows(text: str, name: str) -> list[str]:
     ]
 
 
-def write_section(name: str, title: str, rows: list[Row], notes: str = "", merge: bool = False) -> Path:
+def write_section(
+    name: str, title: str, rows: list[Row], notes: str = "", merge: bool = False, command: str | None = None
+) -> Path:
     """Replace this benchmark's section of RESULTS.md with fresh figures, machine and date.
 
     With `merge`, rows of the old section that this run did not measure are kept as they were, so a long
-    benchmark can be completed in parts (the notes should say so).
+    benchmark can be completed in parts (the notes should say so). `command`: how to run it, when not
+    `python -m benchmarks.<name>`.
     """
     old_text = RESULTS.read_text() if RESULTS.exists() else ""
     kept = []
@@ -84,7 +87,7 @@ def write_section(name: str, title: str, rows: list[Row], notes: str = "", merge
         f"<!-- bench:{name} -->",
         f"## {title}",
         "",
-        f"`python -m benchmarks.{name}` — {dt.date.today().isoformat()}, {machine()}",
+        f"`{command or f'python -m benchmarks.{name}'}` — {dt.date.today().isoformat()}, {machine()}",
         "",
         "| measure | value | unit | target | note |",
         "|---|---:|---|---|---|",

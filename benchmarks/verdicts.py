@@ -170,7 +170,7 @@ def aa(args: argparse.Namespace) -> None:
         f"{statistics.fmean(t.train.get('others_cores') or 0.0 for t in firsts):.2f} cores busy on average "
         "during the runs' training (from /proc/stat)."
     )
-    write_section("verdicts_aa", title, rows, notes)
+    write_section("verdicts_aa", title, rows, notes, command="python -m benchmarks.verdicts aa")
 
 
 def noise(args: argparse.Namespace) -> None:
@@ -229,7 +229,8 @@ def noise(args: argparse.Namespace) -> None:
         "programs kept busy on average during their training (from /proc/stat). A row measured at another "
         "budget is kept from its own run (the section is completed in parts)."
     )
-    write_section("verdicts_noise", title, rows, note, merge=True)
+    command = "python -m benchmarks.verdicts noise"
+    write_section("verdicts_noise", title, rows, note, merge=True, command=command)
 
 
 def main() -> None:
