@@ -16,8 +16,8 @@ seed, alone and beside one or more `python -c 'while True: pass'` processes (`--
   (WAIT_POLICY): why the harness trains one thread.
 
 The target: beside the busy processes, a run trains within 20% of the samples it trains alone. With two
-busy processes on two cores, every thread shares its core: one thread takes turns, but its CPU time per
-sample does not change.
+busy processes on two cores, three programs want two cores; how the scheduler shares them shows in the
+'others' column (on 2026-12-03 the two busy ones shared a core and the training kept the other).
 """
 
 from __future__ import annotations

@@ -89,9 +89,9 @@ DEFAULT_THREADS = 1
 count whose samples per CPU-second do not move with the machine's load, which a CPU-time budget needs: at
 d=128 two threads that wait for each other at every op train 18 samples per CPU-second alone but 22 beside a
 busy process (it serializes them and they stop waiting), so a CPU-time budget favoured the loaded run by
-1.2x; with libgomp's spinning, 21 alone and 10 beside it, the collapse of the complaint. One thread trains
-31 per CPU-second alone and 29 beside one busy process (0.95x), and more per wall-second than two threads
-(31 vs 26 samples/s alone; benchmarks/load.py). Cores beyond a run's thread go to other runs, not threads."""
+1.2x; with libgomp's spinning (measured 2026-12-02), 21 alone and 10 beside it: the complaint. One
+thread trains 31 per CPU-second alone and 29 beside one busy process (0.95x), and more per wall-second than
+two threads (31 vs 26 samples/s alone; benchmarks/load.py). Cores beyond a run's thread go to other runs."""
 
 
 def cpu_threads() -> int:
