@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -91,9 +92,12 @@ def main() -> None:
         rows.append(Row("test mse gain", 100 * test_gain, "%", "", "best vs baseline on test"))
     print_table(TITLE, rows)
     kept = [r for r in records if r.status == RunStatus.KEEP and not r.is_baseline]
+    others = [t.train.get("others_cores") or 0.0 for r in records for t in r.trials if t.ok]
     notes = (
         f"{args.budget} night, {args.per_run} per run, agent `{args.agent}`, DiT, on `{args.dataset.name}`. "
-        f"Kept: " + ("; ".join(f"{r.run_id}: {r.title}" for r in kept) or "none") + "."
+        f"Kept: " + ("; ".join(f"{r.run_id}: {r.title}" for r in kept) or "none") + ". "
+        f"Other programs kept {statistics.fmean(others or [0.0]):.2f} cores busy on average during the "
+        "runs' training (from /proc/stat)."
     )
     write_section(NAME, TITLE, rows, notes)
 
