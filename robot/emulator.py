@@ -7,15 +7,22 @@ the real ones, with no mock of our own code in between.
 The model is deliberately simple and deterministic: each servo is a 256-byte register file; while torque is
 enabled the present position jumps to the goal (clamped to the position limits) the moment a goal or the
 torque is written. Faults can be injected per servo (a corrupt checksum, silence, error bits, a reply under
-another id, noise before a reply) to exercise the driver's error paths.
+another id, noise before a reply) to exercise the driver's error paths, and on the whole line: replies that
+arrive late and one after another (`delay_replies`, as a USB adapter's latency and a sync read's batch
+deliver them), and status packets damaged at random (`damage_at_random`: a flipped bit, a lost byte, a
+broken header), so a failure can land in the middle of a sync read while the rest of its batch is still on
+the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import random
 import select
 import threading
+import time
 import tty
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -144,13 +151,20 @@ class ServoEmulator:
         self._parser = _Parser()
         self._changed = threading.Condition()
         self._failure: BaseException | None = None
+        self._latency_s = self._between_s = 0.0
+        self._damage_rate = 0.0
+        self._damage_random = random.Random(0)
+        self._damaged = 0
 
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation: a byte in is a byte out
         self.port = os.ttyname(self._slave)
         self._wake_r, self._wake_w = os.pipe()
+        self._outbox: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="servo-emulator", daemon=True)
+        self._sender = threading.Thread(target=self._send_replies, name="servo-emulator-tx", daemon=True)
         self._thread.start()
+        self._sender.start()
 
     # -- inspecting and setting up servos ----------------------------------------------------------------
 
@@ -219,6 +233,29 @@ class ServoEmulator:
         with self._changed:
             self._servos[servo_id].noise = bytes(noise)
 
+    def delay_replies(self, latency_s: float, between_s: float = 0.0) -> None:
+        """Every reply starts `latency_s` after the one before it is out (the first after the request), and
+        the status packets of one sync read follow each other `between_s` apart: the batch is still arriving
+        while the driver reads its first packets."""
+        if latency_s < 0 or between_s < 0:
+            raise ValueError("delays must be >= 0")
+        with self._changed:
+            self._latency_s, self._between_s = latency_s, between_s
+
+    def damage_at_random(self, rate: float, seed: int = 0) -> None:
+        """Damage each status packet with probability `rate`, reproducibly from `seed`: one bit flipped in
+        one byte (the header included), or one byte lost."""
+        if not 0 <= rate <= 1:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        with self._changed:
+            self._damage_rate, self._damage_random = rate, random.Random(seed)
+
+    @property
+    def damaged(self) -> int:
+        """How many status packets `damage_at_random` has damaged so far."""
+        with self._changed:
+            return self._damaged
+
     def inject(self, data: bytes) -> None:
         """Send bytes nobody asked for (a late reply, noise) to whoever has the port open."""
         self._write(data)
@@ -230,6 +267,9 @@ class ServoEmulator:
         if self._thread.is_alive():
             os.write(self._wake_w, b"x")
             self._thread.join()
+        if self._sender.is_alive():
+            self._outbox.put(None)
+            self._sender.join()
         for fd in (self._master, self._slave, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -259,10 +299,22 @@ class ServoEmulator:
                 except OSError:  # EIO while no one has the slave open: nothing to read
                     continue
                 with self._changed:
-                    replies = b"".join(self._handle(packet) for packet in self._parser.feed(data))
+                    for packet in self._parser.feed(data):
+                        for k, reply in enumerate(self._handle(packet)):
+                            self._outbox.put((self._between_s if k else self._latency_s, reply))
                     self._changed.notify_all()
-                if replies:
-                    self._write(replies)
+        except BaseException as err:  # surfaced by stop()
+            self._failure = err
+
+    def _send_replies(self) -> None:
+        """Write queued replies in order, each after its delay, while `_serve` goes on reading requests."""
+        try:
+            while (item := self._outbox.get()) is not None:
+                delay, reply = item
+                if delay:
+                    time.sleep(delay)
+                with contextlib.suppress(OSError):  # the pty closed under a late reply
+                    self._write(reply)
         except BaseException as err:  # surfaced by stop()
             self._failure = err
 
@@ -271,23 +323,24 @@ class ServoEmulator:
         while view:
             view = view[os.write(self._master, view) :]
 
-    def _handle(self, packet: Received) -> bytes:
-        """Execute one packet on the addressed servo(s) and return the status packet(s) they send back."""
+    def _handle(self, packet: Received) -> list[bytes]:
+        """Execute one packet on the addressed servo(s) and return the status packets they send back."""
         self._received.append(packet)
         p, instr = packet.params, packet.instruction
         if instr == Instruction.SYNC_READ and len(p) >= 2:
             address, size = p[0], p[1]
-            return b"".join(
+            replies = [
                 self._reply(self._servos[i], i, bytes(self._servos[i].registers[address : address + size]))
                 for i in p[2:]
                 if i in self._servos
-            )
+            ]
+            return [r for r in replies if r]
         if instr == Instruction.SYNC_WRITE and len(p) >= 2:
             address, size = p[0], p[1]
             for k in range(2, len(p) - size, size + 1):
                 if p[k] in self._servos:
                     self._store(self._servos[p[k]], address, p[k + 1 : k + 1 + size])
-            return b""
+            return []
 
         targets = list(self._servos) if packet.servo_id == BROADCAST_ID else [packet.servo_id]
         replies = []
@@ -303,7 +356,7 @@ class ServoEmulator:
                 self._store(servo, p[0], p[1:])
                 if servo.get("response_status_level") and packet.servo_id != BROADCAST_ID:
                     replies.append(self._reply(servo, servo_id, b""))
-        return b"".join(replies)
+        return [r for r in replies if r]
 
     def _store(self, servo: _Servo, address: int, data: bytes) -> None:
         servo.registers[address : address + len(data)] = data
@@ -317,6 +370,19 @@ class ServoEmulator:
         if servo.corrupt_replies > 0:
             packet[-1] ^= 0xFF
             servo.corrupt_replies -= 1
-        packet = servo.noise + packet
+        packet = servo.noise + self._damage(packet)
         servo.reply_as, servo.noise = None, b""
         return bytes(packet)
+
+    def _damage(self, packet: bytearray) -> bytearray:
+        """`packet` with one bit flipped or one byte lost, at the rate `damage_at_random` set."""
+        rng = self._damage_random
+        if not self._damage_rate or rng.random() >= self._damage_rate:
+            return packet
+        self._damaged += 1
+        at = rng.randrange(len(packet))
+        if rng.random() < 0.5:
+            del packet[at]
+        else:
+            packet[at] ^= 1 << rng.randrange(8)
+        return packet

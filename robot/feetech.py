@@ -10,18 +10,27 @@ Wire format (half duplex, 8N1, 1 Mbaud by default), every packet framed the same
 
 `len` counts `code`, the params and the checksum (= len(params) + 2); `checksum` = ~(id + len + code +
 sum(params)) & 0xFF. Host -> servo the `code` is an instruction; servo -> host (a *status packet*) it is the
-servo's error byte. Multi-byte registers are little-endian on the STS series. A few registers hold signed
-values in sign-magnitude form: a direction bit (bit 15 for positions and speeds, bit 10 for the load, bit 11
-for the homing offset) and the magnitude below it.
+servo's error byte. Multi-byte registers are little-endian on the STS series. Only three registers hold
+signed values, in sign-magnitude form: the homing offset (direction bit 11) and the goal and present speeds
+(bit 15), the magnitude below the bit (LeRobot's `STS_SMS_SERIES_ENCODINGS_TABLE` agrees). Positions are
+plain 0..4095.
 
 Sync write (and anything sent to the broadcast id 0xFE) gets no reply. A sync read gets one status packet per
 listed servo, in list order.
+
+The protocol has no sequence numbers: a status packet says which servo sent it, not which request it answers.
+So after anything goes wrong on the line (a corrupt or missing reply), the bus is out of step until every
+reply still in flight has arrived: the driver drains the line until it stays quiet for a full reply timeout
+before it sends again, and only then retries. A value is only ever taken from a checksum-valid packet of the
+right size, from a servo the current request asked, on a bus in step; anything else is an error naming the
+servo.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -42,6 +51,10 @@ DEFAULT_BAUDRATE = 1_000_000
 STS3215_MODEL_NUMBER = 777
 MAX_NOISE_BYTES = 64
 """Bytes of line noise tolerated before a reply's header; more and the reply counts as corrupt."""
+MAX_DRAIN_S = 1.0
+"""How long a drain may keep reading a line that never goes quiet before the bus gives up."""
+POSITION_MAX = 4095
+"""Positions (goals, limits) are 12-bit: one turn of the magnetic encoder."""
 
 
 class Instruction(IntEnum):
@@ -81,6 +94,8 @@ class Register:
     size: int
     sign_bit: int | None = None
     """Direction bit of a sign-magnitude value; None for unsigned registers."""
+    maximum: int | None = None
+    """Largest value the servo accepts, when it is below what the bytes could hold (positions: 4095)."""
 
     def encode(self, value: int) -> bytes:
         """Little-endian bytes for `value`; ValueError when it does not fit."""
@@ -93,6 +108,8 @@ class Register:
         else:
             if not 0 <= value < 1 << (8 * self.size):
                 raise ValueError(f"{value} does not fit {self.size} unsigned byte(s)")
+            if self.maximum is not None and value > self.maximum:
+                raise ValueError(f"{value} is above the register's maximum {self.maximum}")
             raw = value
         return raw.to_bytes(self.size, "little")
 
@@ -111,31 +128,32 @@ CONTROL_TABLE: dict[str, Register] = {
     "baud_rate": Register(6, 1),
     "return_delay_time": Register(7, 1),
     "response_status_level": Register(8, 1),
-    "min_position_limit": Register(9, 2),
-    "max_position_limit": Register(11, 2),
+    "min_position_limit": Register(9, 2, maximum=POSITION_MAX),
+    "max_position_limit": Register(11, 2, maximum=POSITION_MAX),
     "max_temperature_limit": Register(13, 1),
     "homing_offset": Register(31, 2, sign_bit=11),
     "operating_mode": Register(33, 1),
     # SRAM
     "torque_enable": Register(40, 1),
     "acceleration": Register(41, 1),
-    "goal_position": Register(42, 2, sign_bit=15),
+    "goal_position": Register(42, 2, maximum=POSITION_MAX),
     "goal_time": Register(44, 2),
     "goal_speed": Register(46, 2, sign_bit=15),
     "torque_limit": Register(48, 2),
     "lock": Register(55, 1),
-    "present_position": Register(56, 2, sign_bit=15),
+    "present_position": Register(56, 2),
     "present_speed": Register(58, 2, sign_bit=15),
-    "present_load": Register(60, 2, sign_bit=10),
+    "present_load": Register(60, 2),
     "present_voltage": Register(62, 1),
     "present_temperature": Register(63, 1),
     "status": Register(65, 1),
     "moving": Register(66, 1),
-    "present_current": Register(69, 2, sign_bit=15),
+    "present_current": Register(69, 2),
 }
 """STS3215 registers by name (Feetech's STS memory table, the one LeRobot's `STS_SMS_SERIES_CONTROL_TABLE`
-also follows). Positions are 0..4095 in position mode; their bit 15 only matters in step mode. Voltage is in
-0.1 V, temperature in deg C. `homing_offset` is subtracted by the servo itself: present = actual - offset."""
+also follows, with its sign bits). Positions are 0..4095 (position mode, the only one the SO-101 uses).
+Load and current read unsigned, as LeRobot reads them. Voltage is in 0.1 V, temperature in deg C.
+`homing_offset` is subtracted by the servo itself: present = actual - offset."""
 
 
 def register(name: str | Register) -> tuple[str, Register]:
@@ -207,7 +225,10 @@ class FeetechBus:
     Every transaction flushes stale input first, then sends one instruction packet and reads the exact number
     of bytes the reply must have, under the port timeout. No reply, or a corrupt one, is retried `retries`
     times; the servo's own error bits are not (retrying would not clear them) and raise `ServoStatusError`.
-    Thread-safe: one transaction at a time.
+    A transaction that did not end with all its replies read (a failure, an interrupt) leaves the bus out
+    of step: the next packet waits until the line has been quiet for a whole timeout (`_drain`), so no
+    reply to an earlier request can be taken for one to the new request. Thread-safe: one transaction at a
+    time.
     """
 
     def __init__(self, port: str, baudrate: int = DEFAULT_BAUDRATE, timeout: float = 0.05, retries: int = 2):
@@ -223,6 +244,8 @@ class FeetechBus:
         except (serial.SerialException, OSError) as err:
             raise FeetechError(f"cannot open servo bus {port}: {err}") from err
         self._rx = bytearray()
+        self._in_step = True
+        """False from sending a request until all its replies are read: replies may still be in flight."""
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -274,6 +297,7 @@ class FeetechBus:
                         expected,
                     )
                 got[reply_id] = (error, data)
+            self._in_step = True
             return got
 
         replies = self._with_retries(attempt)
@@ -294,6 +318,7 @@ class FeetechBus:
         packet = encode_packet(BROADCAST_ID, Instruction.SYNC_WRITE, bytes(params))
         with self._lock:
             self._send(packet)
+            self._in_step = True  # nothing will answer it
 
     def close(self) -> None:
         """Close the port (does not touch the servos: see SO101Arm.close for torque)."""
@@ -340,6 +365,7 @@ class FeetechBus:
                     "or a late reply?)",
                     servo_id,
                 )
+            self._in_step = True
             return error, data
 
         return self._with_retries(attempt)
@@ -368,13 +394,36 @@ class FeetechBus:
     # -- bytes -------------------------------------------------------------------------------------------
 
     def _send(self, packet: bytes) -> None:
-        """Drop whatever stale input is pending (late replies, noise), then write the packet."""
+        """Drop stale input (late replies, noise), waiting for the line to go quiet if the last transaction
+        did not finish, then write the packet. The bus is out of step until the caller has read the replies.
+        """
+        if not self._in_step:
+            self._drain()
         self._serial.reset_input_buffer()
         self._rx.clear()
+        self._in_step = False
         try:
             self._serial.write(packet)
         except serial.SerialTimeoutException as err:
             raise FeetechError(f"writing to servo bus {self.port} timed out: {err}") from err
+
+    def _drain(self) -> None:
+        """Read and drop input until none arrives for a whole reply timeout: the replies still in flight
+        after a failure (the rest of a sync read's batch, a servo answering late) are gone before the next
+        request, so none of them can be matched to it. FeetechError if the line never goes quiet."""
+        self._rx.clear()
+        dropped = 0
+        deadline = time.monotonic() + max(MAX_DRAIN_S, 4 * self.timeout)
+        while chunk := self._serial.read(max(self._serial.in_waiting, 1)):
+            dropped += len(chunk)
+            if time.monotonic() > deadline:
+                raise FeetechError(
+                    f"servo bus {self.port} never goes quiet: {dropped} bytes kept arriving after a failed "
+                    "transaction (two hosts on the bus, or a wrong baud rate?)"
+                )
+        if dropped:
+            log.debug("drained %d late bytes from %s", dropped, self.port)
+        self._in_step = True
 
     def _take(self, n: int) -> None:
         """Append up to `n` more bytes to the receive buffer, waiting at most the port timeout."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -75,14 +76,14 @@ def test_control_table_addresses():
 
 
 def test_sign_magnitude_registers():
-    speed, load, offset = (
+    speed, goal_speed, offset = (
         CONTROL_TABLE["present_speed"],
-        CONTROL_TABLE["present_load"],
+        CONTROL_TABLE["goal_speed"],
         CONTROL_TABLE["homing_offset"],
     )
     assert speed.encode(-5) == bytes([0x05, 0x80]) and speed.decode(bytes([0x05, 0x80])) == -5
     assert speed.decode(bytes([0x05, 0x00])) == 5
-    assert load.decode((1 << 10 | 300).to_bytes(2, "little")) == -300
+    assert goal_speed.encode(-1000) == (1 << 15 | 1000).to_bytes(2, "little")
     assert offset.encode(-37) == (1 << 11 | 37).to_bytes(2, "little")
     assert offset.decode(offset.encode(-2047)) == -2047
     with pytest.raises(ValueError):
@@ -91,6 +92,21 @@ def test_sign_magnitude_registers():
         CONTROL_TABLE["torque_enable"].encode(256)
     with pytest.raises(ValueError):
         CONTROL_TABLE["model_number"].encode(-1)
+
+
+def test_only_the_offset_and_speeds_are_signed():
+    signed = {name: reg.sign_bit for name, reg in CONTROL_TABLE.items() if reg.sign_bit is not None}
+    assert signed == {"homing_offset": 11, "goal_speed": 15, "present_speed": 15}
+    position = CONTROL_TABLE["present_position"]
+    assert position.decode((4095).to_bytes(2, "little")) == 4095
+    assert position.decode((1 << 15 | 5).to_bytes(2, "little")) == 32773  # never a negative position
+    assert CONTROL_TABLE["present_load"].decode((1 << 10 | 300).to_bytes(2, "little")) == 1324
+    assert CONTROL_TABLE["goal_position"].encode(4095) == bytes([0xFF, 0x0F])
+    for name in ("goal_position", "min_position_limit", "max_position_limit"):
+        with pytest.raises(ValueError, match="4095"):
+            CONTROL_TABLE[name].encode(4096)
+        with pytest.raises(ValueError):
+            CONTROL_TABLE[name].encode(-1)
 
 
 def test_error_bits_are_named():
@@ -221,6 +237,109 @@ def test_a_reply_from_the_wrong_servo_is_retried_then_rejected(emulator: ServoEm
         with pytest.raises(CorruptReplyError, match=r"servo 1: reply to READ id came from servo 7") as info:
             bus.read(1, "id")
     assert info.value.servo_id == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A bad line: damaged packets while the rest of a batch is still arriving
+
+IDS = list(range(1, 7))
+DISTINCT = {
+    "present_position": {i: 1000 + 10 * i for i in IDS},
+    "max_position_limit": {i: 4095 - i for i in IDS},
+    "min_position_limit": {i: i for i in IDS},
+    "homing_offset": {i: -100 * i for i in IDS},
+}
+"""Registers whose values differ between servos and between registers, so a reply taken for the wrong
+servo or the wrong request shows as a wrong value."""
+
+
+def distinct_registers(emulator: ServoEmulator) -> None:
+    for name, values in DISTINCT.items():
+        for i, value in values.items():
+            emulator.write_register(i, name, value)
+
+
+def assert_names_its_servo(err: FeetechError) -> None:
+    assert err.servo_id in IDS, err
+    assert f"servo {err.servo_id}" in str(err)
+
+
+def test_a_damaged_packet_mid_batch_leaves_the_bus_in_step(emulator: ServoEmulator):
+    """The rest of the batch is still on the line when the damaged packet is found: its late replies must
+    not be taken for the retry's, nor for the next request's (another register)."""
+    distinct_registers(emulator)
+    emulator.delay_replies(0.001, between_s=0.004)
+    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+        emulator.corrupt_next_checksum(3)
+        assert bus.sync_read(IDS, "present_position") == DISTINCT["present_position"]
+        assert bus.sync_read(IDS, "max_position_limit") == DISTINCT["max_position_limit"]
+        assert bus.read(2, "homing_offset") == -200
+    sync_reads = [p for p in emulator.received() if p.instruction == Instruction.SYNC_READ]
+    assert len(sync_reads) == 3  # the damaged batch, its retry, the next request
+
+
+def test_one_bad_packet_in_ten_never_yields_a_wrong_value(emulator: ServoEmulator):
+    distinct_registers(emulator)
+    emulator.delay_replies(0.0005, between_s=0.001)
+    emulator.damage_at_random(0.1, seed=7)
+    names = list(DISTINCT)
+    ok, failures = 0, []
+    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+        for k in range(60):
+            name = names[k % len(names)]
+            try:
+                values = bus.sync_read(IDS, name)
+            except FeetechError as err:
+                failures.append(err)
+                continue
+            assert values == DISTINCT[name], f"read {k} of {name}"
+            ok += 1
+        for servo_id in IDS:  # single-servo transactions on the same bad line
+            try:
+                assert bus.read(servo_id, "present_position") == DISTINCT["present_position"][servo_id]
+            except FeetechError as err:
+                failures.append(err)
+    assert emulator.damaged >= 20  # the line really was bad
+    assert ok >= 40  # retries recover most reads (an attempt of 6 packets fails 47% of the time)
+    for err in failures:
+        assert_names_its_servo(err)
+
+
+def test_sync_writes_land_between_damaged_reads(emulator: ServoEmulator):
+    emulator.delay_replies(0.0005, between_s=0.001)
+    emulator.damage_at_random(0.1, seed=3)
+    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+        bus.sync_write(dict.fromkeys(IDS, 1), "torque_enable")
+        for k in range(30):
+            goals = {i: 500 + 97 * ((i + k) % 30) for i in IDS}
+            bus.sync_write(goals, "goal_position")
+            try:
+                assert bus.sync_read(IDS, "present_position") == goals, f"step {k}"
+            except FeetechError as err:
+                assert_names_its_servo(err)
+            assert emulator.wait_until(
+                lambda g=goals: all(emulator.read_register(i, "goal_position") == g[i] for i in IDS)
+            ), f"step {k}: the goals did not land"
+    assert emulator.damaged >= 10
+
+
+def test_a_line_that_never_goes_quiet_is_an_error(emulator: ServoEmulator):
+    emulator.corrupt_next_checksum(1)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.wait(0.005):
+            emulator.inject(b"\x00")
+
+    with FeetechBus(emulator.port, timeout=0.05, retries=1) as bus:
+        thread = threading.Thread(target=chatter)
+        thread.start()
+        try:
+            with pytest.raises(FeetechError, match="never goes quiet"):
+                bus.read(1, "id")
+        finally:
+            stop.set()
+            thread.join()
 
 
 def test_bad_arguments_are_refused_before_sending(emulator: ServoEmulator, bus: FeetechBus):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -15,7 +16,7 @@ import pytest
 from models.errors import ConfigError
 from models.vocab import JOINT_NAMES, PAN_MINUS, PAN_PLUS, STAY
 from robot.emulator import ServoEmulator
-from robot.feetech import FeetechBus, FeetechError
+from robot.feetech import CONTROL_TABLE, FeetechBus, FeetechError, Instruction
 from robot.so101 import (
     JOINT_IDS,
     CalibrationError,
@@ -287,6 +288,38 @@ def test_write_calibration_writes_the_file_to_the_servos(emulator: ServoEmulator
         assert emulator.read_register(2, "max_position_limit") == 3200
         assert register_values(emulator, "torque_enable") == [1] * 6
         assert register_values(emulator, "lock") == [1] * 6
+
+
+def sync_written(params: bytes) -> dict[int, int]:
+    """{servo id: value} of a SYNC_WRITE's parameters: address, size, then (id, value bytes) per servo."""
+    size = params[1]
+    groups = [params[k : k + 1 + size] for k in range(2, len(params), 1 + size)]
+    return {g[0]: int.from_bytes(g[1:], "little") for g in groups}
+
+
+def test_connecting_on_a_bad_line_never_sends_a_wrong_goal(emulator: ServoEmulator):
+    """One status packet in ten damaged while the rest of each batch is still arriving: every connect either
+    holds the true pose or fails naming a servo. (A reply taken from another request once made connect
+    write the wrist roll's 4095 limit as its goal, then turn torque on: the arm would jump.)"""
+    emulator.delay_replies(0.0005, between_s=0.001)
+    emulator.damage_at_random(0.1, seed=11)
+    connected, failures = 0, []
+    for _ in range(10):
+        try:
+            with open_arm(emulator, timeout=0.05, retries=4):  # a sync read of 6 fails 47% of attempts
+                connected += 1
+        except FeetechError as err:
+            failures.append(str(err))
+    goals_sent = [
+        sync_written(p.params)
+        for p in emulator.received()
+        if p.instruction == Instruction.SYNC_WRITE and p.params[0] == CONTROL_TABLE["goal_position"].address
+    ]
+    assert len(goals_sent) >= connected  # a connect may fail after holding the pose (turning torque on)
+    assert all(sent == MIDDLE for sent in goals_sent)
+    assert not [p for p in emulator.received() if p.instruction == Instruction.WRITE and p.params[0] == 42]
+    assert connected >= 6 and emulator.damaged >= 10
+    assert all(re.search(r"servo [1-6]\b", failure) for failure in failures), failures
 
 
 def test_a_missing_servo_is_named():
