@@ -31,6 +31,8 @@ class Episode:
     joint_names: tuple[str, ...] = JOINT_NAMES
     meta: dict = field(default_factory=dict)
     """Free-form extras (e.g. the sim's scene parameters); not written to the dataset."""
+    frame_times: np.ndarray | None = None
+    """(T,) float seconds since frame 0 at which a real recorder took each frame (the sim's are exact)."""
 
     def __post_init__(self) -> None:
         n = len(self.discrete_action)
@@ -42,6 +44,10 @@ class Episode:
                 f"episode arrays disagree: state {self.state.shape}, action {self.action.shape}, "
                 f"discrete_action ({n},), {len(self.joint_names)} joints"
             )
+        if self.frame_times is not None:
+            self.frame_times = np.asarray(self.frame_times, dtype=np.float64)
+            if self.frame_times.shape != (n,):
+                raise ValueError(f"frame_times: expected ({n},), got {self.frame_times.shape}")
         for name, video in self.frames.items():
             if video.dtype != np.uint8 or video.ndim != 4 or video.shape[0] != n or video.shape[3] != 3:
                 raise ValueError(

@@ -54,6 +54,10 @@ VIDEO_PATH = "videos/{video_key}/" + _CHUNK_FILE + ".mp4"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 DISCRETE_KEY = "discrete_action"
+MEASURED_TIME_KEY = "measured_timestamp"
+"""Seconds since the episode's first frame at which a real recorder actually took each frame. `timestamp`
+stays k / fps, as LeRobot's own recorder writes it and its video decoding needs it (frames are looked up at
+from_timestamp + timestamp); this column is what the clock said, so pacing can be checked afterwards."""
 IMAGE_PREFIX = "observation.images."
 JOINT_SUFFIX = ".pos"
 """LeRobot's SO-101 names its state/action entries `<joint>.pos`."""
@@ -394,11 +398,13 @@ class LeRobotWriter:
         chunks_size: int = 1000,
         overwrite: bool = False,
         discrete_action_column: bool = True,
+        measured_time_column: bool = False,
     ) -> None:
         """`cameras` maps camera name -> (height, width), both even (yuv420p halves chroma in each axis).
 
         `discrete_action_column=False` leaves the `discrete_action` column out, as in datasets recorded
-        with plain LeRobot (readers then use sidecar logs or derive actions).
+        with plain LeRobot (readers then use sidecar logs or derive actions). `measured_time_column=True`
+        adds MEASURED_TIME_KEY from each episode's `frame_times` (a real arm's recordings).
         """
         self.root = Path(root)
         self.fps = int(fps)
@@ -409,6 +415,7 @@ class LeRobotWriter:
         self.data_file_mb, self.video_file_mb, self.chunks_size = data_file_mb, video_file_mb, chunks_size
         self.overwrite = overwrite
         self.discrete_action_column = discrete_action_column
+        self.measured_time_column = measured_time_column
         self._check_settings()
         if _is_nonempty_dir(self.root) and not overwrite:
             raise DatasetError(f"{self.root} exists and is not empty; pass overwrite=True to replace it")
@@ -538,6 +545,8 @@ class LeRobotWriter:
                 )
         if episode.length == 0:
             raise ValueError("episode has no frames")
+        if self.measured_time_column and episode.frame_times is None:
+            raise ValueError("this dataset records measured frame times: the episode has no frame_times")
         valid = (episode.discrete_action >= vocab.BUFFER) & (episode.discrete_action < vocab.NUM_ACTIONS)
         if not valid.all():
             raise ValueError(f"discrete_action values must be in [{vocab.BUFFER}, {vocab.NUM_ACTIONS - 1}]")
@@ -550,6 +559,8 @@ class LeRobotWriter:
         fields += [(name, pa.int64()) for name in _SCALAR_COLUMNS[1:]]
         if self.discrete_action_column:
             fields.append((DISCRETE_KEY, pa.int64()))
+        if self.measured_time_column:
+            fields.append((MEASURED_TIME_KEY, pa.float32()))
         return pa.schema(fields)
 
     def _episode_columns(self, episode: Episode, index: int, task_index: int) -> dict[str, np.ndarray]:
@@ -566,6 +577,8 @@ class LeRobotWriter:
         }
         if self.discrete_action_column:
             columns[DISCRETE_KEY] = episode.discrete_action
+        if self.measured_time_column:
+            columns[MEASURED_TIME_KEY] = np.asarray(episode.frame_times, dtype=np.float32)
         return columns
 
     def _data_table(self, columns: Mapping[str, np.ndarray]) -> pa.Table:
@@ -605,6 +618,8 @@ class LeRobotWriter:
             features[name] = {"dtype": "int64", "shape": [1], "names": None}
         if self.discrete_action_column:
             features[DISCRETE_KEY] = {"dtype": "int64", "shape": [1], "names": None}
+        if self.measured_time_column:
+            features[MEASURED_TIME_KEY] = {"dtype": "float32", "shape": [1], "names": None}
         return features
 
     def _info(self) -> dict[str, Any]:

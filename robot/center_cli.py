@@ -20,6 +20,7 @@ from rich.table import Table
 
 from models.errors import WorldloopError, run_command
 from models.promoted import PromotedModel, load_checkpoint
+from robot.camera import CAMERA_HELP, camera_source
 from robot.center import (
     CenterSettings,
     EpisodeResult,
@@ -136,8 +137,9 @@ def _real_episode(promoted, port, camera, base_camera, calibration, target, dry_
             "the real arm needs --calibration (the LeRobot calibration JSON of the follower)"
         )
     needed = list(promoted.config.canvas.cameras)
-    sources = {WRIST: camera, "base": base_camera}
-    missing = [c for c in needed if sources.get(c) is None]
+    given = {WRIST: camera, "base": base_camera}
+    sources = {name: camera_source(text) for name, text in given.items() if text is not None}
+    missing = [c for c in needed if c not in sources]
     if missing:
         raise WorldloopError(f"the model's canvas needs cameras {needed}: give --{missing[0]}-camera")
     canvas = promoted.config.canvas
@@ -162,9 +164,9 @@ def center(
     sim: bool = typer.Option(False, "--sim", help="run in the simulator"),
     seed: int = typer.Option(0, help="simulator scene"),
     port: str = typer.Option(None, help="serial port of the arm's bus, e.g. /dev/ttyACM0"),
-    camera: str = typer.Option("0", help="wrist camera (OpenCV index or device)"),
+    camera: str = typer.Option("0", help=f"wrist camera: {CAMERA_HELP}"),
     base_camera: str = typer.Option(
-        None, "--base-camera", help="base camera, when the model's canvas has one"
+        None, "--base-camera", help=f"base camera, when the model's canvas has one: {CAMERA_HELP}"
     ),
     calibration: Path = CALIBRATION_OPTION,
     target: str = typer.Option(

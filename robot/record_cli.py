@@ -19,7 +19,8 @@ from rich.progress import Progress
 
 from models.errors import WorldloopError, run_command
 from models.lerobot import LeRobotWriter
-from robot.record import episode_seed, record_actions, record_sim_dataset
+from robot.camera import CAMERA_HELP, Camera, camera_source
+from robot.record import FramePacer, episode_seed, record_actions, record_sim_dataset
 from robot.sim import SimConfig
 
 console = Console()
@@ -35,8 +36,8 @@ def record(
     sim: bool = typer.Option(False, "--sim", help="record the simulator"),
     port: str = typer.Option(None, help="serial port of the arm's bus, e.g. /dev/ttyACM0"),
     calibration: Path = CALIBRATION_OPTION,
-    camera: str = typer.Option("0", help="wrist camera (OpenCV index or device)"),
-    base_camera: str = typer.Option(None, "--base-camera", help="base camera (optional)"),
+    camera: str = typer.Option("0", help=f"wrist camera: {CAMERA_HELP}"),
+    base_camera: str = typer.Option(None, "--base-camera", help=f"base camera (optional): {CAMERA_HELP}"),
     episodes: int = typer.Option(10, min=1),
     actions_per_episode: int = typer.Option(30, "--actions-per-episode", min=1),
     seed: int = typer.Option(0, help="chooses the actions (and, in sim, the scenes)"),
@@ -105,7 +106,6 @@ class ArmSetup:
 
 
 def _record_arm(setup: ArmSetup, out: Path, episodes: int, actions: int, seed: int, overwrite: bool) -> None:
-    from robot.camera import Camera
     from robot.so101 import SO101Arm
 
     if setup.calibration is None:
@@ -115,9 +115,8 @@ def _record_arm(setup: ArmSetup, out: Path, episodes: int, actions: int, seed: i
     frames_per_action = round(setup.action_duration * setup.fps)
     if frames_per_action < 1:
         raise WorldloopError("--action-duration x --fps must be at least one frame")
-    sources = {"wrist": setup.camera}
-    if setup.base_camera is not None:
-        sources["base"] = setup.base_camera
+    given = {"wrist": setup.camera, "base": setup.base_camera}
+    sources = {name: camera_source(text) for name, text in given.items() if text is not None}
     size = setup.frame_size
     with ExitStack() as stack:
         cameras = {
@@ -135,22 +134,25 @@ def _record_arm(setup: ArmSetup, out: Path, episodes: int, actions: int, seed: i
         )
         shapes = {name: (size, size) for name in cameras}
         writer = stack.enter_context(
-            LeRobotWriter(Path(out), fps=setup.fps, cameras=shapes, overwrite=overwrite)
+            LeRobotWriter(
+                Path(out), fps=setup.fps, cameras=shapes, overwrite=overwrite, measured_time_column=True
+            )
         )
+        pacer = FramePacer(setup.fps)
         with Progress(console=console) as progress:
             task = progress.add_task("recording", total=episodes)
             for index in range(episodes):
                 rng = np.random.default_rng(episode_seed(seed, index))
-                observation = arm.observe()
                 episode = record_actions(
                     arm,
-                    observation,
+                    pacer.start(arm),
                     actions,
                     rng,
                     frames_per_action,
                     setup.fps,
                     setup.pan_limit,
                     {"port": setup.port},
+                    pacer,
                 )
                 writer.add_episode(episode)
                 progress.update(task, completed=index + 1)
