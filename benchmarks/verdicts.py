@@ -124,6 +124,9 @@ def aa(args: argparse.Namespace) -> None:
     with RandomLoad(mean_s=args.load_mean) as load:
         Night(settings, ReplayAgent(replay)).run()
     records = Ledger(NightPaths(project, "aa")).read()
+    if not records or records[0].status not in EVALUATED:
+        reason = records[0].reason if records else "no run was recorded"
+        raise SystemExit(f"the A/A night's baseline failed: {reason}")
     judged = [r for r in records if r.status in EVALUATED]
     firsts = [r.trials[0] for r in judged if r.trials and r.trials[0].ok]
     mse = [t.metrics_val["mse"] for t in firsts]

@@ -58,6 +58,12 @@ MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 DEFAULT_ESTIMATES = {"smoke_s": 5.0, "startup_s": 10.0, "overhead_s": 5.0}
 """Guesses for the first run's phases; after that the night uses what it measured."""
 
+EVAL_TIMEOUT_S = 600.0
+"""Wall clock allowed to one judging (val or test) before it counts as a timeout. Judging is outside the
+budget and only a hung model should ever reach this: the baseline DiT's val judging took 101 s at one
+thread beside three busy programs, and a wider, deeper candidate 150 s on a quiet machine, so the old
+limit (120 s at 2m per run) failed good runs on a busy machine."""
+
 TRAIN_SLACK = 3.0
 """A run's budget is the compute it gets (CPU time on CPU), so a run slowed by other programs takes longer in
 wall time; it is killed only past this many budgets of wall time plus the grace (or at the night's end)."""
@@ -685,7 +691,7 @@ class Night:
         return kind
 
     def _eval_timeout(self) -> float:
-        return max(120.0, 0.5 * self.s.per_run_s)
+        return max(EVAL_TIMEOUT_S, 0.5 * self.s.per_run_s)
 
     def _train_timeout(self) -> float:
         """Wall clock allowed to one training: TRAIN_SLACK budgets, never past the night's end, plus grace."""
