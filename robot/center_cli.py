@@ -1,6 +1,7 @@
 """`robot-center`: center the wrist camera on an object with a promoted world model, in sim or on the arm.
 
     robot-center --checkpoint best --sim --seed 3
+    robot-center --checkpoint best --sim --hard --seed 1003      # one episode of the hard benchmark
     robot-center --checkpoint best --port /dev/ttyACM0 --camera 0 --base-camera 1 \\
         --calibration so101.json --target red [--dry-run]
     robot-center --checkpoint best --benchmark --episodes 50
@@ -8,30 +9,27 @@
 
 from __future__ import annotations
 
-import statistics
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from models.errors import WorldloopError, run_command
-from models.promoted import PromotedModel, load_checkpoint
+from models.promoted import load_checkpoint
 from robot.camera import CAMERA_HELP, camera_source
 from robot.center import (
     CenterSettings,
     EpisodeResult,
-    OraclePolicy,
-    Policy,
-    RandomPolicy,
     WorldModelPolicy,
     benchmark_start,
-    benchmark_starts,
+    hard_settings,
     run_episode,
+    run_start,
 )
+from robot.center_benchmark import print_stats, run_benchmark
+from robot.center_episodes import make_start
 from robot.center_report import write_report
 from robot.planner import WRIST, PlannerConfig, largest_object
 from robot.sim import PALETTE, SimArm, SimConfig
@@ -42,66 +40,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 CALIBRATION_OPTION = typer.Option(None, "--calibration", help="LeRobot calibration JSON of the arm")
 OUT_OPTION = typer.Option(Path("reports/center"), "--out", help="where reports go")
 ROOT_OPTION = typer.Option(Path("."), "--root", help="the project holding checkpoints/")
-
-
-@dataclass
-class PolicyStats:
-    name: str
-    episodes: int
-    success: float
-    median_steps: float | None
-    plan_ms_median: float | None
-    plan_ms_p95: float | None
-
-
-def run_benchmark(
-    promoted: PromotedModel, episodes: int, settings: CenterSettings, planner: PlannerConfig, seed: int = 1000
-) -> list[PolicyStats]:
-    """The same seeded starts for the world-model planner, a random policy and the ground-truth oracle."""
-    sim = SimConfig()
-    settings.frames_per_action = round(sim.action_duration * sim.fps)
-    arm = SimArm(sim, seed=seed)
-    starts = benchmark_starts(arm, episodes, seed)
-    policies: list[Policy] = [
-        WorldModelPolicy(promoted, planner),
-        RandomPolicy(seed),
-        OraclePolicy(arm, settings.tolerance),
-    ]
-    stats = []
-    for policy in policies:
-        results: list[EpisodeResult] = []
-        for episode_seed, target in starts:
-            observation = arm.reset(episode_seed)
-            results.append(run_episode(arm, policy, target, observation, settings))
-        steps = [r.steps_to_center for r in results if r.success]
-        ms = sorted(m for r in results for m in r.plan_ms)
-        stats.append(
-            PolicyStats(
-                name=policy.name,
-                episodes=len(results),
-                success=sum(r.success for r in results) / len(results),
-                median_steps=statistics.median(steps) if steps else None,
-                plan_ms_median=statistics.median(ms) if ms else None,
-                plan_ms_p95=ms[int(0.95 * (len(ms) - 1))] if ms else None,
-            )
-        )
-    return stats
-
-
-def print_stats(stats: list[PolicyStats], title: str) -> None:
-    table = Table(title=title)
-    for column in ("policy", "episodes", "success", "median steps", "plan ms (median)", "plan ms (p95)"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for s in stats:
-        table.add_row(
-            s.name,
-            str(s.episodes),
-            f"{s.success:.0%}",
-            "-" if s.median_steps is None else f"{s.median_steps:g}",
-            "-" if s.plan_ms_median is None else f"{s.plan_ms_median:.0f}",
-            "-" if s.plan_ms_p95 is None else f"{s.plan_ms_p95:.0f}",
-        )
-    console.print(table)
 
 
 def _sim_episode(promoted, seed, target, settings, planner) -> tuple[EpisodeResult, str]:
@@ -126,6 +64,17 @@ def _sim_episode(promoted, seed, target, settings, planner) -> tuple[EpisodeResu
         arm, WorldModelPolicy(promoted, planner), target, observation, settings, keep_frames=True
     )
     return result, f"sim seed {seed}"
+
+
+def _hard_sim_episode(promoted, seed, settings, planner) -> tuple[EpisodeResult, str]:
+    """The hard benchmark's start for `seed` (robot/center_episodes.py), to look at one of its episodes."""
+    sim = SimConfig()
+    settings.frames_per_action = round(sim.action_duration * sim.fps)
+    arm = SimArm(sim, seed=seed)
+    start = make_start(arm, seed)
+    policy = WorldModelPolicy(promoted, planner)
+    result = run_start(arm, policy, start, settings, keep_frames=True)
+    return result, f"sim seed {seed}, hard start ({start.kind}, decoy {start.decoy})"
 
 
 def _real_episode(promoted, port, camera, base_camera, calibration, target, dry_run, settings, planner):
@@ -172,30 +121,41 @@ def center(
     target: str = typer.Option(
         None, help=f"object color: {', '.join(PALETTE)} (default: the largest in view)"
     ),
-    max_steps: int = typer.Option(20, "--max-steps"),
+    max_steps: int = typer.Option(None, "--max-steps", help="actions at most [20; benchmark: 16]"),
     horizon: int = typer.Option(2, help="actions planned ahead (3^H sequences per step)"),
-    tolerance: float = typer.Option(0.15, help="centered within this many half-widths"),
-    hold: int = typer.Option(2, help="centered steps in a row that count as done"),
+    tolerance: float = typer.Option(None, help="centered within this many half-widths [0.15]"),
+    hold: int = typer.Option(None, help="centered steps in a row that count as done [2; benchmark: 3]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="real arm: log commands, move nothing"),
     benchmark: bool = typer.Option(
-        False, "--benchmark", help="sim success rate: planner vs random vs oracle"
+        False, "--benchmark", help="sim success rate on the hard starts: planner vs random vs oracle"
     ),
-    episodes: int = typer.Option(50, help="benchmark episodes"),
+    episodes: int = typer.Option(50, help="benchmark episodes (one seeded start each)"),
+    hard: bool = typer.Option(
+        False, "--hard", help="with --sim: the hard benchmark's start for --seed, and its success rule"
+    ),
     out: Path = OUT_OPTION,
     root: Path = ROOT_OPTION,
 ) -> None:
     """Center the wrist camera's view on an object with a world model."""
     if target is not None and target not in PALETTE:
         raise WorldloopError(f"unknown target {target!r}; colors: {', '.join(PALETTE)}")
+    if hard and target is not None:
+        raise WorldloopError("--hard starts choose their own target; leave out --target")
     promoted = load_checkpoint(checkpoint, root)
-    settings = CenterSettings(max_steps=max_steps, tolerance=tolerance, hold=hold)
-    planner = PlannerConfig(horizon=horizon, tolerance=tolerance)
+    settings = hard_settings() if benchmark or hard else CenterSettings()
+    given = {"max_steps": max_steps, "tolerance": tolerance, "hold": hold}
+    for name, value in given.items():
+        if value is not None:
+            setattr(settings, name, value)
+    planner = PlannerConfig(horizon=horizon, tolerance=settings.tolerance)
     source = f"{promoted.run_id} ({promoted.path})"
     if benchmark:
-        stats = run_benchmark(promoted, episodes, settings, planner)
-        print_stats(stats, f"centering in simulation, {episodes} seeded episodes, model {promoted.run_id}")
+        stats = run_benchmark([(promoted.run_id, promoted)], episodes, settings, (horizon,))
+        print_stats(stats, f"centering in simulation, {episodes} hard starts, model {promoted.run_id}")
         return
-    if sim:
+    if sim and hard:
+        result, where = _hard_sim_episode(promoted, seed, settings, planner)
+    elif sim:
         result, where = _sim_episode(promoted, seed, target, settings, planner)
     elif port:
         result, where = _real_episode(
@@ -210,7 +170,7 @@ def center(
     word = "centered" if result.success else "not centered"
     console.print(
         f"[{'green' if result.success else 'yellow'}]{word}[/] the {result.target} object"
-        + (f" in {result.steps_to_center} steps" if result.success else f" after {max_steps} steps")
+        + (f" in {result.steps_to_center} steps" if result.success else f" after {settings.max_steps} steps")
         + f" (final offset {result.final_offset:+.3f}); report: {report}"
     )
 

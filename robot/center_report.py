@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.vocab import ACTION_NAMES  # noqa: E402
-from robot.center import CenterSettings, EpisodeResult  # noqa: E402
+from robot.center import CenterSettings, EpisodeResult, StepLog  # noqa: E402
 
 STRIP_STEPS = 12  # columns of the frame strip
 
@@ -24,6 +25,14 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def how(step: StepLog) -> str:
+    """How a planning policy chose a step's action: planned with the model, searched (the target out of
+    view: no model call, robot/search.py), or blind (the model showed the target in no prediction)."""
+    if step.plan_ms is None:
+        return "search"
+    return "blind" if step.blind else "planned"
 
 
 def frame_strip(result: EpisodeResult, path: Path) -> Path:
@@ -39,6 +48,7 @@ def frame_strip(result: EpisodeResult, path: Path) -> Path:
     for i, step in enumerate(steps):
         axes[0, i].imshow(step.frame, interpolation="nearest")
         action = ACTION_NAMES[step.action] if step.action is not None else "centered"
+        action += f" ({how(step)})" if step.action is not None and how(step) != "planned" else ""
         axes[0, i].set_title(f"{i}: {action}\noffset {step.offset:+.2f}", fontsize=6)
         if rows == 2 and step.predicted is not None:
             axes[1, i].imshow(step.predicted, interpolation="nearest")
@@ -67,6 +77,8 @@ def write_report(result: EpisodeResult, settings: CenterSettings, out: Path, tit
     strip = frame_strip(result, out.with_name(out.name + "-frames.png"))
     plot = offset_plot(result, settings, out.with_name(out.name + "-offset.png"))
     ms = result.plan_ms
+    actions = [s for s in result.log if s.action is not None]
+    counts = ", ".join(f"{n} {kind}" for kind, n in Counter(how(s) for s in actions).items()) or "none"
     timing = f"{np.median(ms):.0f} ms median, {max(ms):.0f} ms worst" if ms else "-"
     verdict = (
         f"**centered** the {result.target} object in {result.steps_to_center} steps"
@@ -83,7 +95,7 @@ def write_report(result: EpisodeResult, settings: CenterSettings, out: Path, tit
             "| | |",
             "|---|---|",
             f"| model | {source} |",
-            f"| steps | {len([s for s in result.log if s.action is not None])} actions |",
+            f"| steps | {len(actions)} actions: {counts} |",
             f"| planning time | {timing} |",
             "",
             "## Offset over time",

@@ -27,7 +27,12 @@ from robot.sim import PALETTE, Observation
 
 WRIST = "wrist"
 HUE_TOLERANCE = 12  # OpenCV hue units (0..179)
-MIN_SATURATION, MIN_VALUE = 90, 50
+MIN_SATURATION, MIN_VALUE = 150, 50
+"""Objects are saturated (the sim's palette with its jitter and shading: 160-225 in OpenCV units, purple the
+least); the sim's tables and room floors reach 140-170 at hues near red, orange and yellow (a dark wooden
+table is saturation ~135 and hue 14: "orange"). At 90, 50 of 1136 frames of the hard centering benchmark's
+scenes showed a target that was out of view; at 150 none did, none was missed, and a scene with a dark
+wooden table still shows a few "red" table pixels about once in 2000 frames."""
 MIN_PIXELS = 4  # fewer target pixels than this: the object is not in view
 UNSEEN = 1.5  # the score of a predicted frame that does not show the target (worse than any visible offset)
 
@@ -90,9 +95,20 @@ class Plan:
     action: int
     scores: np.ndarray  # (3^H,) summed |offset| over each sequence's predicted frames, lowest best
     sequences: np.ndarray  # (3^H, H) action ids
-    predicted: np.ndarray  # (H_frame, W_frame, 3) the predicted wrist frame after the chosen first action
+    first: np.ndarray  # (3, H_frame, W_frame, 3) the predicted wrist frame after each first action
     offset_now: float  # the target's offset in the current frame (NaN when out of view)
     ms: float  # planning time
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The predicted wrist frame after the chosen first action."""
+        return self.first[self.action]
+
+    @property
+    def blind(self) -> bool:
+        """No predicted frame of any sequence shows the target: the scores cannot tell the actions apart, and
+        the tie-break would stay still forever. The caller should turn toward the target instead."""
+        return bool(self.scores.min() >= UNSEEN * self.sequences.shape[1])
 
 
 @dataclass
@@ -146,6 +162,14 @@ class Planner:
         if self.target is None:
             self.target = largest_object(self._resized(observation.frames[WRIST]))
         self.memory.push(observation, action_before)
+
+    def offset_now(self) -> float:
+        """The target's offset in the last observed wrist frame (resized as the model sees it); NaN when it
+        is out of view."""
+        if self.target is None or not self.memory.steps:
+            return float("nan")
+        frame = self._resized(self.memory.steps[-1][0][WRIST])
+        return float(target_offset(frame[None], self.target)[0])
 
     def _resized(self, frame: np.ndarray) -> np.ndarray:
         size = (self.canvas.frame_width, self.canvas.frame_height)
@@ -220,7 +244,7 @@ class Planner:
             action=action,
             scores=scores,
             sequences=self.sequences,
-            predicted=first[action][rows],
+            first=first[:, rows],
             offset_now=now,
             ms=(time.perf_counter() - start) * 1000,
         )

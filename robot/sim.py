@@ -185,6 +185,21 @@ class SceneObject:
     height: float
 
 
+@dataclass(frozen=True)
+class SceneSpec:
+    """An explicit scene for `SimArm.reset`: these objects instead of seeded random ones, this pan start.
+
+    Only the centering benchmark (robot/center_episodes.py) uses it, to put the target where it wants it
+    (near the edge of the view, outside it) among chosen distractors. Everything else in the episode (table,
+    lights, room, camera pose, noise) still comes from the seed, and a reset without a spec draws exactly
+    what it always did, so recorded datasets do not change.
+    """
+
+    objects: tuple[SceneObject, ...]
+    pan_start: float
+    """Normalized pan position the arm starts at, at rest (within the pan limits)."""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Geometry
 
@@ -369,11 +384,14 @@ def _make_panorama(rng: np.random.Generator, gain: float) -> np.ndarray:
     return np.clip(pano, 0, 255).astype(np.uint8)
 
 
-def _make_scene(rng: np.random.Generator, cfg: SimConfig) -> _Scene:
+def _make_scene(
+    rng: np.random.Generator, cfg: SimConfig, objects: tuple[SceneObject, ...] | None = None
+) -> _Scene:
+    """The seeded scene; `objects` replaces the seeded placement (and its draws) when given."""
     angle = rng.uniform(0, 2 * math.pi)
     table_rgb = np.array(TABLE_COLORS[int(rng.integers(len(TABLE_COLORS)))], float) + rng.uniform(-10, 10, 3)
     scene = _Scene(
-        objects=_place_objects(rng, cfg),
+        objects=_place_objects(rng, cfg) if objects is None else list(objects),
         texture=np.zeros((0, 0, 3), np.uint8),
         panorama=np.zeros((0, 0, 3), np.uint8),
         light_dir=np.array([math.cos(angle), math.sin(angle)]),
@@ -429,6 +447,16 @@ class _View:
         cv2.remap(self.scene.texture, table_map, None, cv2.INTER_LINEAR, image, cv2.BORDER_TRANSPARENT)
         self._draw_objects(image, theta)
         return image
+
+    def silhouette(self, obj: SceneObject, theta: float) -> np.ndarray:
+        """(H, W) bool: the pixels `obj` covers on its own, with the arm frame rotated by `theta` (rad)."""
+        x, y = _rot2(-theta) @ (obj.x, obj.y)
+        pixels = np.zeros((self.camera.height, self.camera.width, 3), np.uint8)
+        window = self.camera.bbox(_cylinder_hull(x, y, obj.radius, obj.height))
+        if window is not None:
+            white, light = np.full(3, 255.0, np.float32), np.array([1.0, 0.0])
+            self._cast_cylinder(pixels, window, x, y, obj.radius, obj.height, white, light)
+        return pixels.any(axis=-1)
 
     def _draw_objects(self, image: np.ndarray, theta: float) -> None:
         """Ray-cast the objects (far to near: nearer ones cover farther ones) inside their bounding boxes."""
@@ -584,15 +612,23 @@ class SimArm:
             "config": self.config.model_dump(mode="json"),
         }
 
-    def reset(self, seed: int | None = None) -> Observation:
-        """A new seeded scene and pose; pan starts at rest at a seeded position within the limits."""
+    def reset(self, seed: int | None = None, scene: SceneSpec | None = None) -> Observation:
+        """A new seeded scene and pose; pan starts at rest at a seeded position within the limits.
+
+        `scene` (the centering benchmark's): its objects and pan start instead of seeded ones. The camera
+        pose and everything else still come from the seed, and do not depend on the spec's objects.
+        """
         cfg = self.config
         if seed is not None:
             self.seed = seed
         self._rng = np.random.default_rng(self.seed)
-        self._scene = _make_scene(self._rng, cfg)
+        self._scene = _make_scene(self._rng, cfg, None if scene is None else scene.objects)
         pose = {k: v + self._rng.uniform(-cfg.pose_jitter, cfg.pose_jitter) for k, v in NOMINAL_POSE.items()}
         self._pan_start = float(self._rng.uniform(-cfg.pan_limit, cfg.pan_limit))
+        if scene is not None:
+            if abs(scene.pan_start) > cfg.pan_limit:
+                raise ValueError(f"pan_start {scene.pan_start} is beyond the pan limit +-{cfg.pan_limit}")
+            self._pan_start = float(scene.pan_start)
         self._goal = np.array([self._pan_start] + [pose[n] for n in self.joint_names[1:]], np.float64)
         self._pan = self._pan_start
         self._frame = 0
@@ -613,7 +649,8 @@ class SimArm:
         base_target = np.array([0.24, 0.0, 0.0]) + self._rng.uniform(-0.02, 0.02, 3)
         if "base" in cfg.cameras:
             base = _Camera.looking(base_origin, base_target - base_origin, cfg.base_hfov_deg, *self._size)
-            self._base_static = _View(base, self._scene).render(0.0)
+            self._base_view = _View(base, self._scene)
+            self._base_static = self._base_view.render(0.0)
             self._draw_base_housing(base)
             self._painter = _ArmPainter(base, profile)
         return self._observation()
@@ -642,20 +679,42 @@ class SimArm:
         in units of half the frame width: negative = left, |offset| <= 1 inside the frame. Objects behind the
         camera get +-10 by the side they are on. `visible`: the center projects inside the frame.
         """
-        cam = self._wrist.camera
-        to_arm = _rot2(-self._theta())
+        theta = self._theta()
         out = []
         for o in self._scene.objects:
-            x, y = to_arm @ (o.x, o.y)
-            u, v, z = cam.project(np.array([[x, y, o.height / 2]]))
-            if z[0] > 1e-3:
-                offset = float((u[0] - cam.cx) / cam.cx)
-                visible = bool(0 <= u[0] < cam.width and 0 <= v[0] < cam.height)
-            else:
-                side = (np.array([x, y, o.height / 2]) - cam.origin) @ cam.rot[0]
-                offset, visible = math.copysign(10.0, side), False
+            offset, visible = self._wrist_offset(o.x, o.y, o.height / 2, theta)
             out.append({"color": o.color, "offset": offset, "visible": visible})
         return out
+
+    def offset_at(self, x: float, y: float, z: float, pan: float) -> tuple[float, bool]:
+        """Where the world point (x, y, z) would be in this episode's wrist view with the pan at `pan`
+        (normalized units): (offset, visible) as in `object_offsets`. Lets the centering benchmark place
+        objects at chosen offsets before it builds the scene: the wrist camera's pose depends on the seed
+        only.
+        """
+        return self._wrist_offset(x, y, z, math.radians(pan * self.config.degrees_per_unit))
+
+    def base_occlusion(self, pan: float | None = None) -> list[float]:
+        """Per object, the fraction of its pixels in the base view that the arm covers, with the pan where it
+        is now or at `pan` (normalized units); 1.0 for an object outside the base view. The centering
+        benchmark uses it to hide a distractor under the arm."""
+        if "base" not in self.config.cameras:
+            raise ValueError("base_occlusion needs the base camera in SimConfig.cameras")
+        theta = self._theta() if pan is None else math.radians(pan * self.config.degrees_per_unit)
+        arm = np.zeros((*self._size[::-1], 3), np.uint8)
+        self._painter.draw(arm, theta)
+        covered = arm.any(axis=-1)
+        out = []
+        for o in self._scene.objects:
+            mask = self._base_view.silhouette(o, 0.0)  # the base camera stands still in the world
+            out.append(float((mask & covered).sum() / mask.sum()) if mask.any() else 1.0)
+        return out
+
+    def wrist_pixels(self, pan: float | None = None) -> list[int]:
+        """Per object, how many wrist-view pixels it would cover alone (no other object, no gripper jaw), with
+        the pan where it is now or at `pan`. 0: nothing of it in view, however large it is."""
+        theta = self._theta() if pan is None else math.radians(pan * self.config.degrees_per_unit)
+        return [int(self._wrist.silhouette(o, theta).sum()) for o in self._scene.objects]
 
     def close(self) -> None:
         """Nothing to release in simulation; exists so callers treat the sim and the real arm alike."""
@@ -668,6 +727,16 @@ class SimArm:
 
     def _theta(self) -> float:
         return math.radians(self._pan * self.config.degrees_per_unit)
+
+    def _wrist_offset(self, x: float, y: float, z: float, theta: float) -> tuple[float, bool]:
+        """(offset, visible) of a world point in the wrist view with the arm turned by `theta` (rad)."""
+        cam = self._wrist.camera
+        ax, ay = _rot2(-theta) @ (x, y)
+        u, v, depth = cam.project(np.array([[ax, ay, z]]))
+        if depth[0] > 1e-3:
+            return float((u[0] - cam.cx) / cam.cx), bool(0 <= u[0] < cam.width and 0 <= v[0] < cam.height)
+        side = (np.array([ax, ay, z]) - cam.origin) @ cam.rot[0]
+        return math.copysign(10.0, side), False
 
     def _draw_base_housing(self, camera: _Camera) -> None:
         """The arm's base plate and pan servo: static, so drawn into the base camera's static view."""

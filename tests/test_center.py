@@ -1,4 +1,5 @@
-"""Closing the loop: the planner, centering episodes and their policies, `robot-center`, `robot-record`."""
+"""Closing the loop: the planner, centering episodes and their policies, the hard benchmark (its starts, the
+search, its statistics), `robot-center`, `robot-record`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from benchmarks.center import checkpoint_arg, rows_of
 from models.canvas import CanvasConfig
 from models.lerobot import LeRobotReader
 from models.promoted import PromotedModel, load_checkpoint
@@ -18,13 +20,21 @@ from models.vocab import PAN_MINUS, PAN_PLUS
 from models.world_model import to_tensor, to_uint8
 from robot.center import (
     CenterSettings,
+    EpisodeResult,
     OraclePolicy,
     RandomPolicy,
     WorldModelPolicy,
     benchmark_starts,
+    hard_settings,
+    perceived_offset,
     run_episode,
+    run_start,
 )
-from robot.planner import Planner, PlannerConfig, target_offset
+from robot.center_benchmark import run_benchmark
+from robot.center_episodes import SIMILAR_HUE, HardSettings, Start, make_start, make_starts
+from robot.center_stats import planning_gap, relative_steps, summarize, wilson_interval
+from robot.planner import HUE_TOLERANCE, TARGET_HUES, Planner, PlannerConfig, target_offset
+from robot.search import Search
 from robot.sim import PALETTE, SimArm, SimConfig
 from robot.so101 import save_calibration
 from tests.helpers import ROOT, run_module, run_train, write_config
@@ -248,3 +258,264 @@ def test_the_planner_centers_in_sim_with_a_tiny_trained_checkpoint():
         results.append(run_episode(arm, policy, target, arm.reset(seed), SETTINGS))
     assert sum(r.success for r in results) >= 7, [(r.target, round(r.final_offset, 2)) for r in results]
     assert all(r.steps_to_center <= 6 for r in results if r.success)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The hard benchmark: its starts, the search, its statistics
+
+HARD = hard_settings()
+HARD.frames_per_action = SETTINGS.frames_per_action
+
+
+def control_start(arm: SimArm, start: Start):
+    """Reset to `start` and play its lead-in: the observation control begins from."""
+    observation = arm.reset(start.seed, start.scene)
+    for action in start.lead_in:
+        arm.act(action)
+        for _ in range(HARD.frames_per_action):
+            observation = arm.observe()
+    return observation
+
+
+def target_of(arm: SimArm, start: Start) -> dict:
+    return next(o for o in arm.object_offsets() if o["color"] == start.target)
+
+
+def test_hard_starts_are_a_function_of_their_seed():
+    arm = SimArm(SIM)
+    first = make_start(arm, 1234)
+    make_start(arm, 77)  # another start in between changes nothing
+    again = make_start(arm, 1234)
+    assert again == first
+    assert make_starts(arm, 2, first_seed=1234)[0] == first
+    frames = [arm.reset(s.seed, s.scene).frames["wrist"] for s in (first, again)]
+    np.testing.assert_array_equal(*frames)
+    assert make_start(arm, 1235).scene != first.scene
+    kinds = [s.kind for s in make_starts(arm, 30, first_seed=1000)]
+    assert set(kinds) == {"edge", "lost", "unseen"}
+
+
+def test_edge_starts_show_the_target_near_the_edge():
+    arm = SimArm(SIM)
+    for seed in range(6):
+        start = make_start(arm, seed, kind="edge")
+        control_start(arm, start)
+        target = target_of(arm, start)
+        assert start.lead_in == () and target["visible"]
+        assert 0.7 <= abs(target["offset"]) <= 0.95, target
+
+
+def test_lost_starts_showed_the_target_then_turned_it_out_of_view():
+    arm = SimArm(SIM)
+    for seed in range(6):
+        start = make_start(arm, seed, kind="lost")
+        arm.reset(start.seed, start.scene)
+        before = target_of(arm, start)
+        assert before["visible"] and abs(before["offset"]) <= 0.9
+        assert start.lead_in and len(set(start.lead_in)) == 1
+        control_start(arm, start)
+        after = target_of(arm, start)
+        index = [o.color for o in start.scene.objects].index(start.target)
+        assert arm.wrist_pixels()[index] == 0  # not one pixel of it in view
+        assert 1.15 <= abs(after["offset"]) <= 2.05, after  # 1.2-2.0, give or take the pan's jitter
+        # The lead-in turned away from it: the content moved past the side it now lies on.
+        assert np.sign(after["offset"]) == (1 if start.lead_in[0] == PAN_PLUS else -1)
+
+
+def test_unseen_starts_put_the_target_out_of_view_toward_the_middle():
+    arm = SimArm(SIM)
+    for seed in range(6):
+        start = make_start(arm, seed, kind="unseen")
+        arm.reset(start.seed, start.scene)
+        target = target_of(arm, start)
+        assert start.lead_in == () and arm.wrist_pixels()[0] == 0 and not target["visible"]
+        assert abs(start.scene.pan_start) >= 40
+        assert np.sign(target["offset"]) == np.sign(start.scene.pan_start)  # pan > 0: it lies to the right
+        assert 1.2 <= abs(target["offset"]) <= 2.0
+
+
+def test_hard_scenes_hold_a_similar_hue_decoy_hidden_under_the_arm_and_other_distractors():
+    arm = SimArm(SIM)
+    for start in make_starts(arm, 8, first_seed=50):
+        colors = [o.color for o in start.scene.objects]
+        assert colors[0] == start.target and start.target in ("red", "blue", "purple")
+        assert colors[1] == start.decoy == SIMILAR_HUE[start.target]
+        assert len(colors) == 4 == len(set(colors)) and set(colors[2:]) == set(start.distractors)
+        distance = abs(TARGET_HUES[start.target] - TARGET_HUES[start.decoy])
+        assert HUE_TOLERANCE < min(distance, 180 - distance) <= 30  # similar, yet beyond the tolerance
+        control_start(arm, start)
+        decoy = next(o for o in arm.object_offsets() if o["color"] == start.decoy)
+        assert decoy["visible"] and abs(decoy["offset"]) <= 0.3
+        assert arm.base_occlusion(pan=float(arm.commanded[0]))[1] >= 0.5
+    bare = make_start(arm, 50, HardSettings(distractors=0, decoy=False))
+    assert [o.color for o in bare.scene.objects] == [bare.target] and bare.decoy is None
+
+
+def test_decoys_and_backgrounds_do_not_fool_the_target_detector():
+    """At every control start: out of view reads as out of view (the decoy stands in view), in view where
+    the simulator says."""
+    arm = SimArm(SIM)
+    for start in make_starts(arm, 24, first_seed=300):
+        observation = control_start(arm, start)
+        perceived, truth = perceived_offset(observation, start.target), target_of(arm, start)
+        if start.kind == "edge":
+            assert perceived == pytest.approx(truth["offset"], abs=0.15), start.seed
+        else:
+            assert np.isnan(perceived), (start.seed, start.kind, perceived)
+
+
+def test_on_hard_starts_the_oracle_centers_and_a_random_walk_does_not():
+    arm = SimArm(SIM)
+    starts = make_starts(arm, 12, first_seed=500)
+    oracle = [run_start(arm, OraclePolicy(arm, HARD.tolerance), s, HARD) for s in starts]
+    assert all(r.success for r in oracle)
+    random = [run_start(arm, RandomPolicy(0), s, HARD) for s in starts]
+    assert sum(r.success for r in random) <= 2
+
+
+def test_search_turns_toward_the_last_seen_side_else_sweeps_toward_the_middle():
+    nan = float("nan")
+    search = Search()
+    search.observe(nan, 30.0)
+    assert search.action() == PAN_MINUS  # never seen, turned left (pan > 0): the middle is to the right
+    search = Search()
+    search.observe(nan, -30.0)
+    assert search.action() == PAN_PLUS
+    search.observe(0.9, -25.2, PAN_PLUS)  # seen on the right ...
+    search.observe(nan, -20.4, PAN_PLUS)  # ... and gone
+    assert search.action() == PAN_MINUS
+    search.observe(-0.95, -25.2, PAN_MINUS)  # overshot: now last seen on the left
+    search.observe(nan, -30.0, PAN_MINUS)
+    assert search.action() == PAN_PLUS
+
+
+def test_search_turns_around_at_a_pan_limit():
+    nan = float("nan")
+    search = Search()
+    search.observe(-0.9, -58.8)  # seen on the left: turn left (pan+) ...
+    search.observe(nan, -63.6, PAN_MINUS)
+    assert search.action() == PAN_PLUS
+    search.observe(nan, 63.6, PAN_PLUS)
+    search.observe(nan, 63.55, PAN_PLUS)  # ... a pan+ that did not move the pan: the limit
+    assert search.action() == PAN_MINUS and search.last_seen is None
+    search.observe(nan, 58.8, PAN_MINUS)
+    assert search.action() == PAN_MINUS  # the sweep goes on
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts its `predict` calls: a search step must not call the model."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        self.calls += 1
+        return self.inner.predict(context, actions, seed)
+
+
+def counting_shift_model() -> tuple[PromotedModel, CountingModel]:
+    promoted = shift_model()
+    counter = CountingModel(promoted.model)
+    promoted.model = counter
+    return promoted, counter
+
+
+@pytest.mark.parametrize("kind", ["lost", "unseen"])
+def test_out_of_view_the_world_model_policy_searches_then_plans(kind: str):
+    arm = SimArm(SIM)
+    for seed in range(3):
+        start = make_start(arm, seed, kind=kind)
+        promoted, counter = counting_shift_model()
+        result = run_start(arm, WorldModelPolicy(promoted, PlannerConfig(horizon=2)), start, HARD)
+        first = result.log[0]
+        assert abs(first.offset) > 1 and first.plan_ms is None  # out of view: a search step, no model call
+        if kind == "lost":  # back toward where it was seen: against the lead-in
+            assert first.action == (PAN_MINUS if start.lead_in[0] == PAN_PLUS else PAN_PLUS)
+        else:  # a sweep toward the middle of the range
+            assert first.action == (PAN_MINUS if start.scene.pan_start > 0 else PAN_PLUS)
+        searched = [s for s in result.log if s.action is not None and s.plan_ms is None]
+        planned = [s for s in result.log if s.plan_ms is not None]
+        assert searched and planned and counter.calls == 2 * len(planned)  # horizon 2: 2 calls per plan
+        assert all(abs(s.offset) > 0.9 for s in searched)
+        assert result.success, [(round(s.offset, 2), s.action) for s in result.log]
+
+
+class BlankModel(ShiftModel):
+    """Predicts an empty gray frame whatever the action: the target never shows in a prediction."""
+
+    def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
+        last = context[..., self.layout.step_columns(self.history - 1)]
+        return torch.zeros_like(last)[:, None].expand(-1, actions.shape[1], -1, -1, -1).clone()
+
+
+def test_a_blind_plan_turns_toward_the_target_instead_of_staying_forever():
+    arm = SimArm(SIM)
+    start = make_start(arm, 4, kind="edge")
+    canvas = CanvasConfig()
+    blank = PromotedModel(
+        BlankModel(canvas), SimpleNamespace(canvas=canvas), {}, Path("."), to_tensor, to_uint8
+    )
+    settings = CenterSettings(max_steps=2, tolerance=0.15, hold=3, frames_per_action=HARD.frames_per_action)
+    result = run_start(arm, WorldModelPolicy(blank, PlannerConfig(horizon=2)), start, settings)
+    toward = PAN_MINUS if result.log[0].offset > 0 else PAN_PLUS
+    assert [s.action for s in result.log] == [toward, toward]
+    assert all(s.blind and s.plan_ms is not None for s in result.log)
+
+
+def done(steps: int | None) -> EpisodeResult:
+    """A stand-in episode result: solved in `steps`, or failed when None."""
+    return EpisodeResult("red", steps is not None, steps, 0.0)
+
+
+def test_wilson_interval_against_hand_computed_values():
+    # 8 of 10, z = 1.96: center (0.8 + 1.96^2/20) / (1 + 1.96^2/10) = 0.71674,
+    # half 1.96 / 1.38416 * sqrt(0.8 * 0.2 / 10 + 1.96^2 / 400) = 0.22658 -> 0.4902 .. 0.9433
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # 3.8416 / 13.8416
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # 190 of 200: center (0.95 + 0.009604) / 1.019208 = 0.941520,
+    # half 1.96 / 1.019208 * sqrt(0.0002375 + 0.0000240) = 0.031099 -> 0.9104 .. 0.9726
+    assert wilson_interval(190, 200) == pytest.approx((0.9104, 0.9726), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_relative_steps_planning_gap_and_summary():
+    oracle = [done(2), done(4), done(3), done(None), done(5)]
+    policy = [done(4), done(None), done(3), done(6), done(10)]
+    assert relative_steps(policy, oracle) == [2.0, 1.0, 2.0]  # episodes 0, 2, 4: solved by both
+    assert planning_gap(0.8, 0.6) == pytest.approx(0.2)
+    stats = summarize("planner", policy, oracle, ["edge", "lost", "edge", "unseen", "lost"])
+    assert (stats.successes, stats.episodes) == (4, 5)
+    assert stats.interval == pytest.approx(wilson_interval(4, 5))
+    assert stats.median_steps == 5.0  # of 4, 3, 6, 10
+    assert stats.steps_vs_oracle == 2.0 and stats.paired == 3
+    assert stats.planning_gap == pytest.approx(0.8 - 0.8)
+    assert stats.by_kind == {"edge": (2, 2), "lost": (1, 2), "unseen": (1, 1)}
+    assert summarize("oracle", oracle).planning_gap is None
+    worse = summarize("random", [done(None)] * 4 + [done(9)], oracle)
+    assert worse.planning_gap == pytest.approx(0.8 - 0.2) and worse.steps_vs_oracle == 9 / 5
+    with pytest.raises(ValueError, match="paired"):
+        relative_steps(policy[:3], oracle)
+
+
+def test_the_hard_benchmark_runs_every_policy_on_the_same_starts():
+    stats = run_benchmark([("shift", shift_model())], 5, horizons=(2,), seed=700)
+    assert [s.name for s in stats] == ["random", "oracle", "world model shift H2"]
+    random, oracle, planner = stats
+    assert oracle.successes == 5 and oracle.planning_gap is None
+    assert planner.successes >= 4 and planner.horizon == 2
+    assert planner.planning_gap == pytest.approx(oracle.success - planner.success)
+    assert planner.steps_vs_oracle is not None and planner.steps_vs_oracle <= 1.5
+    assert planner.plan_ms_median is not None and random.plan_ms_median is None
+    assert sum(total for _, total in planner.by_kind.values()) == 5
+    rows = {row.name: row for s in stats for row in rows_of(s)}
+    assert "95% CI" in rows["oracle: success"].note and rows["oracle: success"].value == 100
+    assert rows["world model shift H2: planning time (median)"].target == "<= 150"
+
+
+def test_the_benchmark_takes_several_labelled_checkpoints():
+    assert checkpoint_arg("runs/bench/dit-10m") == ("dit-10m", "runs/bench/dit-10m")
+    assert checkpoint_arg("30m=runs/bench/dit-30m") == ("30m", "runs/bench/dit-30m")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from models.episode import Episode
 from models.vocab import JOINT_NAMES, PAN_MINUS, PAN_PLUS, STAY
 from robot.record import random_action, record_episode
-from robot.sim import PALETTE, SimArm, SimConfig
+from robot.sim import PALETTE, SceneObject, SceneSpec, SimArm, SimConfig
 
 
 def quiet(**overrides) -> SimConfig:
@@ -227,6 +227,59 @@ def test_object_offsets_agree_with_the_rendered_image():
             assert centroid_x(mask) == pytest.approx((visible[0]["offset"] + 1) * 32, abs=2.5)
             checked += 1
     assert checked >= 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Explicit scenes (the centering benchmark's) must leave the seeded default alone
+
+
+def test_a_reset_without_a_scene_draws_what_it_always_did():
+    """Values of seed 7 from before scene specs existed: recorded datasets depend on this stream."""
+    scene = SimArm(seed=7).scene
+    placed = [(o["color"], *(round(o[k], 6) for k in ("x", "y", "radius"))) for o in scene["objects"]]
+    assert placed == [
+        ("purple", 0.2303, 0.262104, 0.023152),
+        ("yellow", 0.365134, 0.004752, 0.034924),
+        ("green", 0.051474, 0.296473, 0.020724),
+        ("blue", 0.333515, 0.129246, 0.026447),
+    ]
+    assert scene["pan_start"] == pytest.approx(37.794543, abs=1e-6)
+    assert scene["table_rgb"] == [155, 144, 144]
+
+
+def red_at(arm: SimArm, azimuth_deg: float, reach: float, color: str = "red") -> SceneObject:
+    """A cylinder `reach` m from the pan axis at world azimuth `azimuth_deg` (pan p units faces 1.1 p deg)."""
+    a = np.radians(azimuth_deg)
+    return SceneObject(color, PALETTE[color], reach * np.cos(a), reach * np.sin(a), 0.025, 0.03)
+
+
+def test_a_scene_spec_sets_objects_and_pan_and_keeps_the_seeded_camera():
+    arm = SimArm(quiet())
+    obj = red_at(arm, 11.0, 0.34)  # pan 10 units = 11 degrees: straight ahead of the wrist camera
+    arm.reset(5, SceneSpec((obj,), 10.0))
+    assert [o["color"] for o in arm.scene["objects"]] == ["red"] and arm.commanded[0] == pytest.approx(10.0)
+    assert arm.object_offsets()[0]["offset"] == pytest.approx(0.0, abs=1e-6)
+    # The camera pose comes from the seed alone: another spec, the same geometry.
+    other = red_at(arm, -40.0, 0.3, "blue")
+    arm.reset(5, SceneSpec((other,), -20.0))
+    assert arm.offset_at(obj.x, obj.y, obj.height / 2, 10.0) == pytest.approx((0.0, True), abs=1e-6)
+    offset, visible = arm.offset_at(obj.x, obj.y, obj.height / 2, 10.0 - 4.8)  # one pan- later
+    assert -0.3 < offset < -0.2 and visible  # the content moved left by about a quarter of a half-width
+    with pytest.raises(ValueError, match="beyond the pan limit"):
+        arm.reset(5, SceneSpec((obj,), 70.0))
+
+
+def test_wrist_pixels_and_base_occlusion_measure_one_object_alone():
+    arm = SimArm(quiet())
+    ahead, aside, behind = red_at(arm, 0.0, 0.28), red_at(arm, 60.0, 0.3, "blue"), red_at(arm, 180.0, 0.3)
+    arm.reset(3, SceneSpec((ahead, aside, behind), 0.0))
+    pixels = arm.wrist_pixels()
+    assert pixels[0] > 50 and pixels[1] == 0 and pixels[2] == 0
+    occlusion = arm.base_occlusion()
+    assert occlusion[0] > 0.5  # under the arm, seen from the base camera behind it
+    assert occlusion[1] == 0.0  # far to the side: nothing covers it
+    assert arm.base_occlusion(pan=60 / 1.1)[1] > 0.5  # ... until the arm turns over it
+    assert arm.wrist_pixels(pan=60 / 1.1)[1] > 50
 
 
 # ----------------------------------------------------------------------------------------------------------
