@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 DEMO_BUDGET ?= 20m
 DEMO_PER_RUN ?= 2m
+DEMO_CENTER_EPISODES ?= 20
 
 # The demo dataset is recorded once; delete $(DATA) to record it again.
 $(DATA)/meta/info.json: | setup
@@ -30,6 +31,8 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness data build $(DATA) --config experiments/dit.toml
 	$(VENV)/bin/harness data show $(DATA) --split val --out reports/demo-canvases.png
 	$(VENV)/bin/harness run --budget $(DEMO_BUDGET) --per-run $(DEMO_PER_RUN) --agent local --dataset $(DATA)
+	$(VENV)/bin/harness promote --best
+	$(VENV)/bin/robot-center --checkpoint best --benchmark --episodes $(DEMO_CENTER_EPISODES)
 
 # Two workers, one test file each at a time (module fixtures such as a night are built once): most of the
 # suite waits on subprocesses starting Python and torch, so two at once halve it on 2 cores.

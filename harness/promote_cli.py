@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.ledger import Ledger, best_run
+from harness.night_cli import night_paths
 from harness.promote import list_promoted, promote
 from harness.reports import fmt_number
 from models.errors import WorldloopError
@@ -19,6 +21,8 @@ console = Console()
 def promote_command(
     run_id: str = typer.Argument(None, help="the run to promote (see `harness status`)"),
     alias: str = typer.Option("best", "--alias", help="name to point at it, e.g. best"),
+    best: bool = typer.Option(False, "--best", help="promote the best run of the newest night (or --tag's)"),
+    tag: str = typer.Option(None, "--tag", help="with --best: the night to take the best run from"),
     list_: bool = typer.Option(False, "--list", help="show the promoted models instead"),
     root: Path = ROOT_OPTION,
 ) -> None:
@@ -26,6 +30,10 @@ def promote_command(
     if list_:
         _print_list(root)
         return
+    if best:
+        if run_id:
+            raise WorldloopError("give a run id or --best, not both")
+        run_id = _best_of_night(root, tag)
     if not run_id:
         raise WorldloopError("name the run to promote (e.g. `harness promote 2026-11-25-007`), or use --list")
     done = promote(root, run_id, alias)
@@ -35,6 +43,15 @@ def promote_command(
         f"[green]promoted[/green] {run_id} -> {done.path} (val mse {fmt_number(val.get('mse'))}, "
         f"test mse {fmt_number(test.get('mse'))})" + (f"; {alias} -> {run_id}" if alias else "")
     )
+
+
+def _best_of_night(root: Path, tag: str | None) -> str:
+    """The night's best kept run (the one its summary names), for `--best`."""
+    paths = night_paths(root, tag)
+    best = best_run(Ledger(paths).read())
+    if best is None:
+        raise WorldloopError(f"night {paths.tag!r} kept no run (its baseline failed?): nothing to promote")
+    return best.run_id
 
 
 def _print_list(root: Path) -> None:

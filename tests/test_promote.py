@@ -13,7 +13,7 @@ import torch
 import models
 from harness.agents.base import FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, write_replay
-from harness.ledger import Ledger, RunStatus
+from harness.ledger import Ledger, RunStatus, best_run
 from harness.loop import Night
 from harness.paths import NightPaths
 from harness.promote import promote
@@ -118,5 +118,10 @@ def test_promote_cli(night: NightPaths):
         harness("promote", "p-404", "--root", root), "unknown run 'p-404'", "known runs: p-000"
     )
     assert_one_line_error(harness("promote", "p-003", "--root", root), "p-003 cannot be promoted", "crash")
+    best = best_run(Ledger(night).read()).run_id
+    result = harness("promote", "--best", "--alias", "top", "--root", root)
+    assert result.returncode == 0, result.stderr
+    assert f"promoted {best}" in result.stdout and os.readlink(root / "checkpoints/top") == best
+    assert_one_line_error(harness("promote", "--best", "--tag", "nope", "--root", root), "no night tagged")
     with pytest.raises(PromotedError, match="no promoted checkpoint 'nope'; promoted: "):
         load_promoted("nope", root=root)
