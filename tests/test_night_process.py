@@ -38,6 +38,8 @@ from tests.night_project import (
 
 
 def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`harness run` as a terminal starts it: Ctrl-C at its default, even when the tests themselves run in
+    the background (a shell's `&` starts them with SIGINT ignored, which Python would keep)."""
     return subprocess.Popen(
         [sys.executable, "-m", "harness", "run", *args],
         cwd=ROOT,
@@ -46,6 +48,7 @@ def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
