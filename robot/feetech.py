@@ -297,7 +297,6 @@ class FeetechBus:
                         expected,
                     )
                 got[reply_id] = (error, data)
-            self._in_step = True
             return got
 
         replies = self._with_retries(attempt)
@@ -365,18 +364,21 @@ class FeetechBus:
                     "or a late reply?)",
                     servo_id,
                 )
-            self._in_step = True
             return error, data
 
         return self._with_retries(attempt)
 
     def _with_retries(self, attempt: Callable[[], T]) -> T:
-        """Run `attempt` under the bus lock; again on no reply or a corrupt one, `retries` more times."""
+        """Run `attempt` under the bus lock; again on no reply or a corrupt one, `retries` more times.
+
+        An attempt that returns has read every reply its request asked for: the bus is in step again."""
         tries = 1 + self.retries
         for n in range(tries):
             try:
                 with self._lock:
-                    return attempt()
+                    result = attempt()
+                    self._in_step = True
+                    return result
             except (NoReplyError, CorruptReplyError) as err:
                 if n + 1 == tries:
                     raise type(err)(
