@@ -45,9 +45,9 @@ def trained() -> tuple[GPT, torch.Tensor, torch.Tensor, list[float]]:
     torch.manual_seed(0)
     model = GPT(CONFIG, CANVAS)
     canvases, actions = action_canvases(contexts=2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
-    for _ in range(250):
+    for _ in range(300):
         loss = model.loss(canvases, actions)
         optimizer.zero_grad()
         loss.backward()
@@ -79,11 +79,22 @@ def test_predict_shapes_and_determinism():
 
 
 def test_actions_change_the_prediction_and_the_true_one_is_nearest(trained):
+    """The first generated patch sees only the context, the separator and the action: under the true
+    action it is the true patch, and the three actions give three different frames.
+
+    Only the first patch is compared with the truth: free-running generation feeds its own outputs back, and
+    on 6 memorized canvases a 1e-4 error in one patch grows to ~0.5 by the eighth (exposure bias, issue 16);
+    which action's whole frame lands nearest then depends on the thread count's rounding. Whole-frame
+    action accuracy is the judge's cf_acc on real canvases.
+    """
     model, canvases, actions, _ = trained
     out = model.predict(canvases, torch.arange(NUM_ACTIONS).repeat(len(canvases), 1))
     truth = model.target_of(canvases)
-    errors = (out - truth[:, None]).square().mean(dim=(2, 3, 4))  # (samples, candidate actions)
+    first = patchify(out.flatten(0, 1), CONFIG.patch)[:, 0].unflatten(0, out.shape[:2])  # (B, K, 3*p*p)
+    errors = (first - patchify(truth, CONFIG.patch)[:, None, 0]).square().mean(dim=2)
     assert (errors.argmin(dim=1) == actions[:, 0]).all(), errors
+    true_error = errors.gather(1, actions).squeeze(1)
+    assert (true_error < 0.01).all(), errors
     spread = (out[:, :, None] - out[:, None]).abs().mean(dim=(3, 4, 5))
     assert spread[:, ~torch.eye(NUM_ACTIONS, dtype=torch.bool)].min() > 0.05, spread
 
