@@ -33,7 +33,7 @@ from robot.center import (
 from robot.center_benchmark import run_benchmark
 from robot.center_episodes import SIMILAR_HUE, HardSettings, Start, make_start, make_starts
 from robot.center_stats import planning_gap, relative_steps, summarize, wilson_interval
-from robot.planner import HUE_TOLERANCE, TARGET_HUES, Planner, PlannerConfig, target_offset
+from robot.planner import HUE_TOLERANCE, TARGET_HUES, UNSEEN, Planner, PlannerConfig, target_offset
 from robot.search import Search
 from robot.sim import PALETTE, SimArm, SimConfig
 from robot.so101 import save_calibration
@@ -95,6 +95,26 @@ def test_target_offset_is_the_centroid_in_half_widths():
     assert offsets[0] == pytest.approx(13 / 32)
     assert np.isnan(offsets[1]) and np.isnan(offsets[2])  # no red there
     assert target_offset(frames[1:2], "blue")[0] == pytest.approx((2 - 32) / 32)
+
+
+def test_the_target_is_the_largest_blob_within_one_action_of_where_it_was():
+    frames = np.full((2, 64, 64, 3), 128, np.uint8)
+    frames[:, 20:30, 40:50] = PALETTE["red"]  # the object: centroid 13/32 right of center
+    frames[:, 5:7, 4:6] = PALETTE["red"]  # stray pixels of its color far away
+    assert target_offset(frames, "red") == pytest.approx([13 / 32] * 2)  # the centroid of all would be off
+    frames[1, 40:60, 2:22] = PALETTE["red"]  # a larger red blob at the left edge (a decoy painted red)
+    assert target_offset(frames[1:], "red")[0] == pytest.approx((12 - 32) / 32)  # anywhere: the largest
+    # near where the target was one action before, the decoy 1.03 half-widths away is out of reach
+    assert target_offset(frames, "red", near=0.3) == pytest.approx([13 / 32] * 2)
+    assert target_offset(frames, "red", near=np.array([np.nan, -0.5]))[1] == pytest.approx(-20 / 32)
+    assert np.isnan(target_offset(frames[:1], "red", near=1.1)[0])  # nothing red within reach
+
+
+def test_inside_the_centered_window_every_position_costs_nothing():
+    planner = Planner(shift_model(), "red", PlannerConfig(tolerance=0.15))
+    costs = planner._cost(np.array([0.0, -0.1, 0.13, 0.5, np.nan]))
+    assert costs[:3].tolist() == [0.0, 0.0, 0.0]
+    assert costs[3] == pytest.approx(0.5 - 0.9 * 0.15) and costs[4] == UNSEEN
 
 
 def test_the_planner_centers_with_a_model_that_knows_the_physics():
