@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import Row, print_table, write_section
-from harness.executor import WAIT_POLICY, Executor
+from harness.executor import Executor
 from harness.loop import default_grace
 from models.config import parse_duration
-from models.train import DEFAULT_THREADS
+from models.openmp import DEFAULT_THREADS, WAIT_POLICY
 
 NAME = "load"
 TITLE = "Training beside a busy machine: samples alone vs beside CPU-bound processes"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from harness.ledger import RunStatus
 from harness.secrets import clean_env, redact
-from models.train import DEFAULT_THREADS, EXIT_NAN
+from models.errors import EXIT_NAN
+from models.openmp import DEFAULT_THREADS, WAIT_POLICY
 
 TAIL_LINES = 30
 KILL_WAIT_S = 5.0
@@ -30,14 +31,6 @@ POLL_S = 0.05  # how often the harness looks whether a subprocess ended (it reap
 CPU_KILL_MARGIN_S = 5  # past the CPU limit's SIGXCPU, SIGKILL: for a training that ignores SIGXCPU
 CPU_LIMIT_REASON = "training used more CPU time than its budget"
 MIN_CPU_ALLOWANCE_S = 30.0  # CPU-s a training may always use outside its budget (see Executor.cpu_limit)
-
-WAIT_POLICY = {"GOMP_SPINCOUNT": "300"}
-"""How the subprocesses' OpenMP threads wait at a barrier: spin 300 times (a few microseconds), then sleep.
-libgomp's default spins 300,000 times, which burns CPU time without progress while a thread waits for
-another one that a busy machine has descheduled: beside one CPU-bound process a 2-thread baseline trained
-17x fewer samples. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every barrier, ~15% of the
-samples per CPU-second on an idle machine. libgomp reads this when torch is imported, so it goes in the
-environment, and OMP_WAIT_POLICY is left unset (benchmarks/load.py measures the difference)."""
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from harness import plots
 from harness.files import atomic_write_text
 from harness.judge import (
     GUARD_METRIC,
@@ -51,7 +50,7 @@ from harness.ledger import (
     now,
 )
 from harness.paths import NightPaths
-from models.checkpoint import read_config
+from models.config import read_config
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
@@ -246,6 +245,8 @@ def _read_json(path: Path) -> dict:
 
 def _draw_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> dict[str, str]:
     """The run's PNGs, beside its report; only those its files allow (a crash has no counterfactuals)."""
+    from harness import plots  # matplotlib loads only where a figure is drawn, not for `harness --help`
+
     run_dir = paths.run_dir(record.run_id)
     figures: dict[str, str] = {}
     cf = run_dir / "cf_val.npz"
@@ -461,6 +462,8 @@ def night_view(paths: NightPaths) -> NightView:
 
 def render_summary(paths: NightPaths) -> Path:
     """Rewrite `reports/summary.md` and `reports/progress.png` for one night; returns the markdown's path."""
+    from harness import plots
+
     view = night_view(paths)
     points = [(r.index, r.primary, r.status.value, r.title) for r in view.records]
     plots.progress_plot(points, paths.progress, metric=f"val {PRIMARY_METRIC}")

@@ -9,16 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from models.atomic import replacing
 from models.atomic import write_json as write_json  # training writes its config.json and metrics with it
-from models.config import ExperimentConfig
-from models.errors import ConfigError, WorldloopError, describe_validation_error
+from models.config import CONFIG_FILE, ExperimentConfig, read_config
+from models.errors import ConfigError, WorldloopError
 from models.world_model import WorldModel
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 
@@ -42,16 +40,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with replacing(path) as tmp:
         save_file(state, str(tmp))
-
-
-def read_config(run_dir: Path) -> ExperimentConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise WorldloopError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    try:
-        return ExperimentConfig.model_validate_json(path.read_text())
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {describe_validation_error(err)}") from None
 
 
 def load_run(

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.canvas import CanvasConfig
-from models.errors import ConfigError, describe_validation_error
+from models.errors import ConfigError, WorldloopError, describe_validation_error
 from models.task import DataConfig, read_toml
 
 
@@ -120,3 +120,17 @@ def parse_duration(text: str) -> float:
     if not parts or _DURATION.sub("", text).strip():
         raise ValueError(f"{text!r} is not a duration like 90s, 5m, 1.5h or 8h30m")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+
+
+CONFIG_FILE = "config.json"  # a run directory's experiment config, as trained
+
+
+def read_config(run_dir: Path) -> ExperimentConfig:
+    """The experiment config a run was trained with (its config.json); one line naming the file when bad."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise WorldloopError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    try:
+        return ExperimentConfig.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {describe_validation_error(err)}") from None

@@ -10,6 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+EXIT_NAN = 3
+"""The exit code of a training stopped by a NaN or infinite loss: the harness reports it as such."""
+
 
 class WorldloopError(Exception):
     """Base class for user-facing errors: the message is shown as is, without a traceback."""

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from models import pixels
 from models.errors import WorldloopError
+
+if TYPE_CHECKING:  # torch loads only with a model: `harness promote` copies files without it
+    import torch
 
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -136,6 +136,13 @@ def snapshot_package(code_dir: Path) -> Iterator[None]:
         importlib.invalidate_caches()
 
 
+def _with_contract(model: Any, config: Any, manifest: dict, path: Path) -> PromotedModel:
+    """The loaded model with the installed pixel conventions (imported here, after any snapshot is gone)."""
+    from models import pixels
+
+    return PromotedModel(model, config, manifest, path, pixels.to_tensor, pixels.to_uint8)
+
+
 def load_promoted(
     path_or_alias: str | Path, root: Path = Path("."), device: str | torch.device = "cpu", ema: bool = True
 ) -> PromotedModel:
@@ -153,7 +160,7 @@ def load_promoted(
             raise PromotedError(
                 f"{path}: its code cannot load its weights ({type(err).__name__}: {err})"
             ) from None
-    return PromotedModel(model, config, manifest, path, pixels.to_tensor, pixels.to_uint8)
+    return _with_contract(model, config, manifest, path)
 
 
 def load_checkpoint(
@@ -170,5 +177,5 @@ def load_checkpoint(
 
         model, config = load_run(direct, ema=True, device=device)
         manifest = {"run_id": direct.name, "files": {}, "metrics": {}}
-        return PromotedModel(model, config, manifest, direct.resolve(), pixels.to_tensor, pixels.to_uint8)
+        return _with_contract(model, config, manifest, direct.resolve())
     return load_promoted(path_or_alias, root, device)

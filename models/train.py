@@ -26,17 +26,12 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads that wait at a barrier spin by default (libgomp: 300,000 times, about 3 ms), burning CPU
-# time without progress; when another program holds one of the cores they spin for most of their slice, and
-# beside one busy process a 2-thread run trained 17x fewer samples. Sleeping at once (OMP_WAIT_POLICY=PASSIVE)
-# pays a futex wake-up at every barrier, which costs the small baseline ~15% of its samples per CPU-second on
-# an idle machine; spinning 300 times (a few microseconds, about a wake-up's cost) and then sleeping keeps
-# both cases within ~15% (figures in benchmarks/load.py and its RESULTS.md section). libgomp reads this once,
-# when torch is first imported, so this default takes effect only where this module imports torch first
-# (`python -m models.train`, not a test that imported torch before); the harness sets it in the training
-# process's environment anyway. An explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment wins.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "300")
+from models.openmp import DEFAULT_THREADS, apply_wait_policy
+
+# libgomp reads its wait policy once, when torch is first imported: set it before (models/openmp.py says why).
+# It takes effect where this module imports torch first (`python -m models.train`, not a test that imported
+# torch before); the harness sets it in the training's environment anyway.
+apply_wait_policy()
 
 import argparse
 import copy
@@ -56,11 +51,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from models.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, build_model, save_weights, write_json
 from models.config import ExperimentConfig, TrainConfig, load_config, parse_duration
 from models.data import load_split
-from models.errors import MissingCacheError, WorldloopError
+from models.errors import EXIT_NAN, MissingCacheError, WorldloopError
 from models.vocab import NUM_ACTIONS
 from models.world_model import WorldModel, to_tensor
 
-EXIT_NAN = 3
 VAL_LOSS_SAMPLES = 256
 
 
@@ -82,16 +76,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-DEFAULT_THREADS = 1
-"""Training threads on CPU unless OMP_NUM_THREADS says otherwise, whatever the cores. One thread is the only
-count whose samples per CPU-second do not move with the machine's load, which a CPU-time budget needs: at
-d=128 two threads that wait for each other at every op train 18 samples per CPU-second alone but 22 beside a
-busy process (it serializes them and they stop waiting), so a CPU-time budget favoured the loaded run by
-1.2x; with libgomp's spinning (measured 2026-12-02), 21 alone and 10 beside it: the complaint. One
-thread trains 31 per CPU-second alone and 29 beside one busy process (0.95x), and more per wall-second than
-two threads (31 vs 26 samples/s alone; benchmarks/load.py). Cores beyond a run's thread go to other runs."""
 
 
 def cpu_threads() -> int:

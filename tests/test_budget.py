@@ -16,7 +16,8 @@ import pytest
 import harness.executor as executor_module
 from harness.executor import CPU_LIMIT_REASON, Executor, split_cores
 from harness.ledger import RunStatus
-from models.train import DEFAULT_THREADS, BudgetClock, Usage, cpu_threads, machine_busy_seconds
+from models.openmp import DEFAULT_THREADS
+from models.train import BudgetClock, Usage, cpu_threads, machine_busy_seconds
 from tests.helpers import ROOT, write_config
 
 ONE_CORE = [min(os.sched_getaffinity(0))]

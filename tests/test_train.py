@@ -13,10 +13,10 @@ import torch
 from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, build_model, load_run, save_weights, write_json
 from models.config import ExperimentConfig, load_config, parse_duration
 from models.data import load_split
-from models.errors import ConfigError, DatasetError
+from models.errors import EXIT_NAN, ConfigError, DatasetError
 from models.evaluate import evaluate_run
 from models.task import Task
-from models.train import EXIT_NAN, learning_rate
+from models.train import learning_rate
 from models.world_model import to_tensor
 from tests.helpers import run_module, run_train, write_config
 
