@@ -114,10 +114,14 @@ RUIN = odd_seeds(
 )
 CRASH = odd_seeds("raise RuntimeError('boom on the confirmation seed')")
 
+SNAPSHOT_MARK = 'SNAPSHOT_MARK = "promoted-code"\n'
+MARKED = FileEdit(path="models/dit.py", search="import torch\n", replace="import torch\n\n" + SNAPSHOT_MARK)
+"""A harmless mark in the confirmed keep's model code: its promoted checkpoint must load with its own code."""
+
 PROPOSALS = [
     Proposal(hypothesis="residual, but odd seeds are ruined", edits=[RESIDUAL, RUIN]),
     Proposal(hypothesis="residual, but odd seeds crash", edits=[RESIDUAL, CRASH]),
-    Proposal(hypothesis="residual prediction starts at the copy baseline", edits=[RESIDUAL]),
+    Proposal(hypothesis="residual prediction starts at the copy baseline", edits=[RESIDUAL, MARKED]),
     Proposal(
         hypothesis="no residual again (worse)", edits=[config_edit("residual = true", "residual = false")]
     ),

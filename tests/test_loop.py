@@ -3,20 +3,32 @@
 Real commits, real training subprocesses, the real judge. The project and the proposals are in
 tests/night_project.py: its baseline is bad on purpose, so keep, discard, unconfirmed (one seed ruined or
 crashing), rejected, crash and timeout are each a certain outcome. The loop as a process (kill -9 and resume,
-Ctrl-C, the budget, secrets, the CLI) is tested in tests/test_night_process.py.
+Ctrl-C, the budget, secrets, the CLI) is tested in tests/test_night_process.py. The same night's runs are
+promoted at the end (`harness promote`, `models.load_promoted`: round trip, own code, tampering).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import git
+import numpy as np
 import pytest
+import torch
 
+import models
 from harness.agents.replay import ReplayAgent, write_replay
-from harness.ledger import Ledger, RunStatus
+from harness.ledger import Ledger, RunStatus, best_run
 from harness.loop import Night, trial_seed
 from harness.paths import NightPaths, run_id_for
+from harness.promote import promote
+from models.checkpoint import load_run
+from models.data import load_split
+from models.promoted import MANIFEST, PromotedError, load_promoted
+from models.world_model import to_tensor
+from tests.helpers import assert_one_line_error, harness
 from tests.night_project import EXPECTED, EXPERIMENT, KEEP, PROPOSALS, make_project, tiny_night
 
 
@@ -138,3 +150,82 @@ def test_unconfirmed_runs_show_in_every_view(night: NightPaths):
     assert "❔ unconfirmed" in report and "## Seeds" in report and "| 1001 |" in report
     prompt = (night.run_dir("t-002") / "prompt.md").read_text()
     assert "t-001 unconfirmed" in prompt and "on its first seed and then on the mean with a second" in prompt
+
+
+# ------------------------------------------------------------ promoting the night's runs
+
+
+def predictions(model: torch.nn.Module, dataset: Path, config) -> np.ndarray:
+    split = load_split(dataset, config.canvas, "val", config.data.split())
+    context = to_tensor(np.asarray(split.canvases[:2]))
+    with torch.inference_mode():
+        return model.predict(context, torch.arange(3).expand(2, -1), seed=0).numpy()
+
+
+def test_promote_round_trip_loads_the_run_with_its_own_code(night: NightPaths, small_cache: Path):
+    root = night.root
+    done = promote(root, "t-003")
+    manifest = json.loads((done.path / MANIFEST).read_text())
+    assert manifest["run_id"] == "t-003" and manifest["commit"] == Ledger(night).read()[KEEP].commit
+    assert manifest["metrics"]["val"]["mse"] == Ledger(night).read()[KEEP].primary
+    assert manifest["metrics"]["test"]["split"] == "test"
+    assert manifest["canvas"]["frame_width"] == 32
+    assert {"run/ema.safetensors", "run/config.json", "code/models/dit.py"} <= set(manifest["files"])
+    assert os.readlink(root / "checkpoints/best") == "t-003"
+
+    promoted = models.load_promoted("best", root=root)
+    assert promoted.run_id == "t-003"
+    dit_module = type(promoted.model).__init__.__globals__
+    assert dit_module["SNAPSHOT_MARK"] == "promoted-code"  # the snapshot's code built it
+    import models.dit as installed
+
+    assert not hasattr(installed, "SNAPSHOT_MARK")  # and the installed package is untouched
+    direct, config = load_run(night.run_dir("t-003"))
+    np.testing.assert_array_equal(
+        predictions(promoted.model, small_cache, config), predictions(direct, small_cache, config)
+    )
+
+
+def test_a_discarded_run_gets_its_test_metrics_on_promotion(night: NightPaths):
+    done = promote(night.root, "t-004", alias="tried")
+    assert Ledger(night).read()[KEEP + 1].metrics_test is None
+    test = done.manifest["metrics"]["test"]
+    assert test["split"] == "test" and test["mse"] > 0
+    assert (done.path / "run/eval_test.json").exists()
+    assert os.readlink(night.root / "checkpoints/tried") == "t-004"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: (p / "run/ema.safetensors").write_bytes(b"\0" * 64), "was modified: run/ema.safetensors"),
+        (lambda p: (p / "code/models/blocks.py").unlink(), "incomplete: code/models/blocks.py is missing"),
+        (lambda p: (p / "code/models/extra.py").write_text("x = 1\n"), "does not list: code/models/extra.py"),
+        (lambda p: (p / MANIFEST).unlink(), "manifest.json is missing"),
+    ],
+)
+def test_a_tampered_or_incomplete_checkpoint_is_refused(night: NightPaths, damage, message: str):
+    done = promote(night.root, "t-003", alias=None)
+    damage(done.path)
+    with pytest.raises(PromotedError, match=message):
+        load_promoted(done.path)
+
+
+def test_promote_cli(night: NightPaths):
+    root = night.root
+    result = harness("promote", "t-000", "--alias", "base", "--root", root)
+    assert result.returncode == 0, result.stderr
+    assert "promoted t-000" in result.stdout and os.readlink(root / "checkpoints/base") == "t-000"
+    listing = harness("promote", "--list", "--root", root).stdout
+    assert "t-000" in listing and "base" in listing
+    assert_one_line_error(
+        harness("promote", "t-404", "--root", root), "unknown run 't-404'", "known runs: t-000"
+    )
+    assert_one_line_error(harness("promote", "t-008", "--root", root), "t-008 cannot be promoted", "crash")
+    best = best_run(Ledger(night).read()).run_id
+    result = harness("promote", "--best", "--alias", "top", "--root", root)
+    assert result.returncode == 0, result.stderr
+    assert f"promoted {best}" in result.stdout and os.readlink(root / "checkpoints/top") == best
+    assert_one_line_error(harness("promote", "--best", "--tag", "nope", "--root", root), "no night tagged")
+    with pytest.raises(PromotedError, match="no promoted checkpoint 'nope'; promoted: "):
+        load_promoted("nope", root=root)
