@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-DEMO_BUDGET ?= 20m
-DEMO_PER_RUN ?= 2m
+DEMO_BUDGET ?= 25m
+DEMO_PER_RUN ?= 5m
 DEMO_CENTER_EPISODES ?= 20
 
 # The demo dataset is recorded once; delete $(DATA) to record it again.

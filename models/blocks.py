@@ -1,11 +1,11 @@
-"""Transformer pieces both world models share: patches, positions, attention blocks, conditioning.
+"""Transformer pieces both world models share: patches, positions, attention, the plain pre-norm block.
 
-Kept small and plain (nanoGPT style) so a researcher or an agent can read and change them at night.
+Kept small and plain (nanoGPT style) so a researcher or an agent can read and change them at night. What
+only one model uses lives in that model's file (the DiT's adaLN-Zero block and noise-level embedding are in
+models/dit.py): a change there stays there. A change here changes both models.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -72,18 +72,14 @@ def apply_rope(x: Tensor, rope: Rope) -> Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (B,) noise levels in [0, 1] (scaled to 0..1000 like DDPM steps)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * 1000.0)[:, None] * freqs[None]
-    return torch.cat([args.cos(), args.sin()], dim=-1)
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention with SDPA; can attend to a prefix of cached keys and values."""
+    """Multi-head self-attention with SDPA; can attend to a prefix of cached keys and values.
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+    `qk_norm`: RMS-normalize each head's queries and keys (learned scale) before rotary positions and the
+    dot product, which bounds the attention logits; a model turns it on for its own blocks only.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, qk_norm: bool = False) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -91,6 +87,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.dropout = dropout
+        self.q_norm = nn.RMSNorm(width // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(width // heads, eps=1e-6) if qk_norm else nn.Identity()
 
     def forward(
         self, x: Tensor, prefix: KV | None = None, causal: bool = False, rope: Rope | None = None
@@ -101,6 +99,7 @@ class Attention(nn.Module):
         """
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         own = (k, v)
@@ -131,87 +130,42 @@ class MLP(nn.Module):
         return self.drop(self.out(F.gelu(self.fc(x), approximate="tanh")))
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
-
-
 class Block(nn.Module):
-    """Pre-norm transformer block; with `adaptive`, adaLN-Zero conditioning on a vector per sample.
+    """Pre-norm transformer block: attention then MLP, each added to the residual stream."""
 
-    adaLN-Zero: the conditioning vector sets each norm's shift and scale and gates each residual branch;
-    the gates start at zero so every block starts as the identity, which keeps early training stable.
-    """
-
-    def __init__(
-        self, width: int, heads: int, mlp_ratio: float, dropout: float = 0.0, adaptive: bool = False
-    ):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
-        self.adaptive = adaptive
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)
         self.attn = Attention(width, heads, dropout)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
         self.mlp = MLP(width, mlp_ratio, dropout)
-        if adaptive:
-            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-
-    def zero_init(self) -> None:
-        if self.adaptive:
-            nn.init.zeros_(self.ada[1].weight)
-            nn.init.zeros_(self.ada[1].bias)
 
     def forward(
-        self,
-        x: Tensor,
-        cond: Tensor | None = None,
-        prefix: KV | None = None,
-        causal: bool = False,
-        rope: Rope | None = None,
+        self, x: Tensor, prefix: KV | None = None, causal: bool = False, rope: Rope | None = None
     ) -> tuple[Tensor, KV]:
-        """x: (B, L, d); cond: (B, d) or (1, d) when adaptive. Returns the output and this layer's (k, v)."""
-        if not self.adaptive:
-            h, kv = self.attn(self.norm1(x), prefix, causal, rope)
-            x = x + h
-            return x + self.mlp(self.norm2(x)), kv
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)
-        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix, causal, rope)
-        x = x + gate1 * h
-        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x, kv
+        """x: (B, L, d). Returns the output and this layer's (k, v), for a caller's cache."""
+        h, kv = self.attn(self.norm1(x), prefix, causal, rope)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), kv
 
 
 class FinalLayer(nn.Module):
-    """Norm (adaptive or not) and a linear map from tokens back to pixel patches, zero-initialized."""
+    """Norm and a linear map from tokens back to pixel patches."""
 
-    def __init__(self, width: int, out_dim: int, adaptive: bool = False) -> None:
+    def __init__(self, width: int, out_dim: int) -> None:
         super().__init__()
-        self.adaptive = adaptive
-        self.norm = nn.LayerNorm(width, elementwise_affine=not adaptive, eps=1e-6)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
         self.linear = nn.Linear(width, out_dim)
-        if adaptive:
-            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
-    def zero_init(self) -> None:
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        if self.adaptive:
-            nn.init.zeros_(self.ada[1].weight)
-            nn.init.zeros_(self.ada[1].bias)
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        if not self.adaptive:
-            return self.linear(self.norm(x))
-        shift, scale = self.ada(cond)[:, None].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.norm(x))
 
 
 def initialize(model: nn.Module) -> None:
-    """Xavier-uniform linears with zero bias (the DiT / ViT default), then zero the layers that must start
-    at zero (adaLN-Zero gates, output projections) so the untrained model predicts a flat gray target."""
+    """Xavier-uniform linears with zero bias (the DiT / ViT default). Each model then zeroes, in its own
+    `__init__` where a reader sees it, the layers that must start at zero (output heads, adaLN-Zero)."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-    for module in model.modules():
-        if hasattr(module, "zero_init"):
-            module.zero_init()

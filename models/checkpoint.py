@@ -19,6 +19,9 @@ from models.world_model import WorldModel
 
 WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
+RENAMED_WEIGHTS = {"action.weight": "action_embed.weight"}
+"""Weights saved under an earlier name -> the name today (the DiT's action embedding was `action` before
+2026-12-05, when both models took the name `action_embed`): a run trained before still loads."""
 
 
 def build_model(config: ExperimentConfig) -> WorldModel:
@@ -53,7 +56,8 @@ def load_run(
         raise WorldloopError(f"{run_dir}: no weights ({WEIGHTS_FILE}); did training finish?")
     model = build_model(config)
     try:
-        model.load_state_dict(load_file(str(weights), device=str(device)))
+        state = load_file(str(weights), device=str(device))
+        model.load_state_dict({RENAMED_WEIGHTS.get(name, name): value for name, value in state.items()})
     except (RuntimeError, OSError) as err:
         first = str(err).strip().splitlines()[0]
         raise WorldloopError(f"{weights}: weights do not fit the model in {CONFIG_FILE} ({first})") from None

@@ -25,26 +25,76 @@ returns its estimate of the mean target, which is what the MSE metric rewards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import (
-    KV,
-    Block,
-    FinalLayer,
-    initialize,
-    patchify,
-    timestep_embedding,
-    unpatchify,
-)
+from models.blocks import KV, MLP, Attention, Rope, initialize, patchify, unpatchify
 from models.canvas import CanvasConfig
 from models.config import DiTConfig
 from models.vocab import NUM_ACTIONS
 from models.world_model import WorldModel
 
 
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (B,) noise levels in [0, 1] (scaled to 0..1000 like DDPM steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero conditioning on one vector per sample.
+
+    The conditioning vector sets each norm's shift and scale and gates each residual branch; `DiT.__init__`
+    zeroes the map that makes them, so every block starts as the identity, which keeps early training
+    stable (the DiT paper's adaLN-Zero).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio, dropout)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(
+        self, x: Tensor, cond: Tensor, prefix: KV | None = None, rope: Rope | None = None
+    ) -> tuple[Tensor, KV]:
+        """x: (B, L, d); cond: (B, d) or (1, d). Returns the output and this layer's (k, v)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix, rope=rope)
+        x = x + gate1 * h
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, kv
+
+
+class DiTFinalLayer(nn.Module):
+    """adaLN-modulated norm and a linear map from tokens back to pixel patches."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.ada(cond)[:, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
 class DiT(WorldModel):
+    """Diffusion transformer over the canvas: a clean context encoded once, a noisy target denoised under
+    each candidate action (module docstring)."""
+
     kind = "dit"
 
     def __init__(self, config: DiTConfig, canvas: CanvasConfig) -> None:
@@ -62,14 +112,18 @@ class DiT(WorldModel):
         )
         self.context_cond = nn.Parameter(torch.zeros(d))  # what context tokens are modulated by
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.action = nn.Embedding(NUM_ACTIONS, d)
+        self.action_embed = nn.Embedding(NUM_ACTIONS, d)
         self.blocks = nn.ModuleList(
-            Block(d, config.heads, config.mlp_ratio, config.dropout, adaptive=True)
-            for _ in range(config.depth)
+            DiTBlock(d, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)
         )
-        self.final = FinalLayer(d, patch_dim, adaptive=True)
-        initialize(self)
-        nn.init.normal_(self.action.weight, std=0.02)
+        self.final = DiTFinalLayer(d, patch_dim)
+        initialize(self)  # xavier linears, zero biases
+        # adaLN-Zero: every block's modulation and the output head start at zero, so the untrained model
+        # is the identity on its tokens and predicts its base (the last frame when residual).
+        for ada in [block.ada[-1] for block in self.blocks] + [self.final.ada[-1], self.final.linear]:
+            nn.init.zeros_(ada.weight)
+            nn.init.zeros_(ada.bias)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
 
     # -- the two halves of the network ------------------------------------------------------------------
 
@@ -91,7 +145,7 @@ class DiT(WorldModel):
         the last separator's patches, the noisy target and the last context step's patches (`last`)."""
         position, rope = self.positions(self.query_index)
         n_sep = separator.shape[1]
-        action_vector = self.action(action)
+        action_vector = self.action_embed(action)
         # The action also enters the target tokens directly: adaLN starts at zero, so this is the path it
         # can take from the first step on.
         target = self.embed_target(torch.cat([noisy, last], dim=-1)) + action_vector[:, None]
@@ -118,18 +172,10 @@ class DiT(WorldModel):
         pure = torch.rand(n, device=device) < self.config.pure_noise_fraction
         return torch.where(pure, torch.ones_like(t), t)
 
-    def last_step(self, patches: Tensor) -> Tensor:
-        """The last context step's patches, cell for cell under the target's."""
-        return patches[:, self.last_step_index]
-
-    def base(self, last: Tensor) -> Tensor | float:
-        """What the diffusion predicts a change from: the last context step when residual, else nothing."""
-        return last if self.config.residual else 0.0
-
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         patches = patchify(canvases, self.config.patch)
         last = self.last_step(patches)
-        x0 = patches[:, self.target_index] - self.base(last)
+        x0 = patches[:, self.target_index] - self.residual_base(patches)
         separator = patches[:, self.separator_index]
         t = self.sample_t(len(canvases), canvases.device)
         noise = torch.randn_like(x0)
@@ -141,40 +187,37 @@ class DiT(WorldModel):
 
     # -- inference ---------------------------------------------------------------------------------------
 
-    def separator_patches(self, actions: Tensor) -> Tensor:
-        """The last separator's patches painted in each action's color, (N, N_separator, 3*p*p)."""
-        p = self.config.patch
-        colors = self.action_colors[actions]  # (N, 3)
-        patch = colors[:, :, None].expand(-1, -1, p * p).reshape(len(actions), 1, 3 * p * p)
-        return patch.expand(-1, len(self.separator_index), -1)
-
     @torch.no_grad()
     def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
-        b, k = actions.shape
+        """Target step (B, K, 3, H, W_target) for B contexts under K candidate actions each: the context is
+        encoded once, every candidate starts from the same noise, `sample_steps` DDIM steps."""
+        b, k = self.check_actions(context, actions)
         device = context.device
-        last = self.last_step(patchify(context, self.config.patch)).repeat_interleave(k, 0)
-        base = self.base(last)
-        kvs = [
-            (key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
-            for key, value in self.encode_context(context)
-        ]
-        flat_actions = actions.reshape(-1).to(device)
-        separator = self.separator_patches(flat_actions)
+        with self.eval_mode():
+            patches = patchify(context, self.config.patch)
+            last = self.last_step(patches).repeat_interleave(k, 0)
+            base = self.residual_base(patches).repeat_interleave(k, 0)
+            kvs = [
+                (key.repeat_interleave(k, 0), value.repeat_interleave(k, 0))
+                for key, value in self.encode_context(context)
+            ]
+            flat_actions = actions.reshape(-1).to(device)
+            separator = self.separator_patches(flat_actions)
 
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        n_target, patch_dim = len(self.target_index), 3 * self.config.patch**2
-        noise = torch.randn(b, 1, n_target, patch_dim, generator=generator, device=device)
-        x = noise.expand(b, k, -1, -1).reshape(b * k, n_target, patch_dim)  # same noise for every candidate
+            generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+            n_target, patch_dim = len(self.target_index), 3 * self.config.patch**2
+            noise = torch.randn(b, 1, n_target, patch_dim, generator=generator, device=device)
+            x = noise.expand(b, k, -1, -1).reshape(b * k, n_target, patch_dim)  # common noise
 
-        times = torch.linspace(1.0, 0.0, self.config.sample_steps + 1).tolist()
-        for t_now, t_next in zip(times[:-1], times[1:], strict=True):
-            t = torch.full((b * k,), t_now, device=device)
-            x0 = self.x0_from_output(self.denoise(kvs, separator, x, last, t, flat_actions), x, t)
-            if t_next == 0.0:
-                x = x0
-                break
-            noise_hat = (x - (1 - t_now) * x0) / t_now
-            x = (1 - t_next) * x0 + t_next * noise_hat
+            times = torch.linspace(1.0, 0.0, self.config.sample_steps + 1).tolist()
+            for t_now, t_next in zip(times[:-1], times[1:], strict=True):
+                t = torch.full((b * k,), t_now, device=device)
+                x0 = self.x0_from_output(self.denoise(kvs, separator, x, last, t, flat_actions), x, t)
+                if t_next == 0.0:
+                    x = x0
+                    break
+                noise_hat = (x - (1 - t_now) * x0) / t_now
+                x = (1 - t_next) * x0 + t_next * noise_hat
 
         target = unpatchify((x + base).clamp(-1, 1), self.config.patch, self.grid.rows, self.grid.target_cols)
         return target.reshape(b, k, *target.shape[1:])

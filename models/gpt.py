@@ -21,9 +21,6 @@ checks that both agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 
@@ -57,15 +54,17 @@ class GPT(WorldModel):
             Block(d, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)
         )
         self.final = FinalLayer(d, self.patch_dim)
-        initialize(self)  # xavier linears, zero output head: the untrained model predicts flat gray
+        initialize(self)  # xavier linears, zero biases
+        nn.init.zeros_(self.final.linear.weight)  # a zero output head: untrained, the model predicts its base
         for weight in (self.segment.weight, self.action_embed.weight, self.start):
             nn.init.normal_(weight, std=0.02)  # small next to the unit-scale sincos positions
 
     # ----------------------------------------------------------------------------------------- tokens
 
-    def _tokens(self, patches: Tensor, index: Tensor, segment: int) -> Tensor:
-        """Input tokens of the canvas cells `index`: patch embedding + position + segment."""
-        return self.embed(patches[:, index]) + self.positions(index)[0] + self.segment.weight[segment]
+    def _tokens(self, cells: Tensor, index: Tensor, segment: int) -> Tensor:
+        """Input tokens of the canvas cells `index` holding the patches `cells` (B, len(index), 3*p*p):
+        patch embedding + position + segment."""
+        return self.embed(cells) + self.positions(index)[0] + self.segment.weight[segment]
 
     def _target_tokens(self, content: Tensor, first: int, action: Tensor) -> Tensor:
         """Target inputs first .. first+n-1 from `content` (B, n, d), the embedded previous patches."""
@@ -93,8 +92,8 @@ class GPT(WorldModel):
         content = torch.cat([self.start.expand(b, 1, -1), self.embed(targets[:, :-1])], dim=1)
         x = torch.cat(
             [
-                self._tokens(patches, self.context_index, CONTEXT),
-                self._tokens(patches, self.separator_index, SEPARATOR),
+                self._tokens(patches[:, self.context_index], self.context_index, CONTEXT),
+                self._tokens(patches[:, self.separator_index], self.separator_index, SEPARATOR),
                 self._target_tokens(content, 0, action),
             ],
             dim=1,
@@ -102,11 +101,7 @@ class GPT(WorldModel):
         rope = self._rope(0, x.shape[1])
         for block in self.blocks:
             x, _ = block(x, causal=True, rope=rope)
-        return self.final(x[:, -targets.shape[1] :]) + self._base(patches)
-
-    def _base(self, patches: Tensor) -> Tensor | float:
-        """With `residual`, outputs are changes from the last context step's patch in the same cell."""
-        return patches[:, self.last_step_index] if self.config.residual else 0.0
+        return self.final(x[:, -targets.shape[1] :]) + self.residual_base(patches)
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         """MSE over the target patches; `actions` (B, history), the last one leads into the target."""
@@ -125,19 +120,15 @@ class GPT(WorldModel):
         `context` is ignored. `seed` is unused: the model is deterministic.
         """
         del seed
-        b, k = self._check(context, actions)
+        b, k = self.check_actions(context, actions)
         nc, ns, nt = len(self.context_index), len(self.separator_index), len(self.target_index)
         length, n = nc + ns + nt, b * k
         action = actions.reshape(n)
-        with self._eval_mode():
+        with self.eval_mode():
             # 1. causal prefill of each context, once; its K/V go into every candidate's cache row.
             context_patches = patchify(context, self.config.patch)
-            base = self._base(context_patches)
-            if isinstance(base, Tensor):
-                base = base.repeat_interleave(k, dim=0)
-            else:
-                base = context_patches.new_zeros(n, nt, self.patch_dim)
-            x = self._tokens(context_patches, self.context_index, CONTEXT)
+            base = self.residual_base(context_patches).repeat_interleave(k, dim=0)
+            x = self._tokens(context_patches[:, self.context_index], self.context_index, CONTEXT)
             caches = []
             rope = self._rope(0, nc)
             for block in self.blocks:
@@ -148,10 +139,8 @@ class GPT(WorldModel):
                 caches.append(cache.view(2, n, heads, length, head_dim))
 
             # 2. separator tokens depend only on the action's color: embed the NUM_ACTIONS variants once.
-            painted = self.paint_action(
-                context[:1].repeat(NUM_ACTIONS, 1, 1, 1), torch.arange(NUM_ACTIONS, device=context.device)
-            )
-            separators = self._tokens(patchify(painted, self.config.patch), self.separator_index, SEPARATOR)
+            colors = self.separator_patches(torch.arange(NUM_ACTIONS, device=context.device))
+            separators = self._tokens(colors, self.separator_index, SEPARATOR)
 
             # 3. separator + start token in one causal step, then one target patch per step.
             start = self._target_tokens(self.start.expand(n, 1, -1), 0, action)
@@ -180,12 +169,12 @@ class GPT(WorldModel):
     def predict_uncached(self, context: Tensor, actions: Tensor) -> Tensor:
         """`predict` the slow way: paint each candidate's canvas and rerun the full teacher-forced sequence
         for every target patch. Exists to prove the KV-cached path exact; not for real use."""
-        b, k = self._check(context, actions)
+        b, k = self.check_actions(context, actions)
         action = actions.reshape(b * k)
         canvases = self.paint_action(context.repeat_interleave(k, dim=0), action)
         patches = patchify(canvases, self.config.patch)
         patches[:, self.target_index] = 0.0
-        with self._eval_mode():
+        with self.eval_mode():
             for j, cell in enumerate(self.target_index.tolist()):
                 patches[:, cell] = self._outputs(patches, action)[:, j].clamp(-1.0, 1.0)
         return self._target_image(patches[:, self.target_index], b, k)
@@ -196,20 +185,3 @@ class GPT(WorldModel):
         """(B*K, T, 3*p*p) target patches -> (B, K, 3, H, W_target)."""
         image = unpatchify(patches, self.config.patch, self.grid.rows, self.grid.target_cols)
         return image.view(b, k, *image.shape[1:])
-
-    def _check(self, context: Tensor, actions: Tensor) -> tuple[int, int]:
-        if actions.dim() != 2 or actions.shape[0] != context.shape[0]:
-            raise ValueError(
-                f"actions must be (B={context.shape[0]}, K) candidate ids, got {tuple(actions.shape)}"
-            )
-        return actions.shape[0], actions.shape[1]
-
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Dropout off while predicting, whatever mode the caller left the model in."""
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)

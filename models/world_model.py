@@ -18,6 +18,8 @@ predictor converts with them, so they are the contract, not a model's choice.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -127,6 +129,26 @@ class WorldModel(nn.Module, ABC):
             return self.pos[index], None
         return self.step_embed[self.cell_segment[index]], (self.rope_cos[index], self.rope_sin[index])
 
+    # -- what every model does, one way ----------------------------------------------------------------
+
+    def last_step(self, patches: Tensor) -> Tensor:
+        """The last context step's patches (B, N_target, 3*p*p), cell for cell under the target's."""
+        return patches[:, self.last_step_index]
+
+    def residual_base(self, patches: Tensor) -> Tensor:
+        """What the network's target output is added to, (B, N_target, 3*p*p): with `residual` the last
+        context step (the model predicts a change, and untrained it is the copy baseline), else zeros."""
+        last = self.last_step(patches)
+        return last if self.config.residual else torch.zeros_like(last)
+
+    def separator_patches(self, actions: Tensor) -> Tensor:
+        """The last separator's patches painted in each action's color, (N, N_separator, 3*p*p): what
+        `paint_action` then `patchify` would give, without a canvas."""
+        p = self.config.patch
+        colors = self.action_colors[actions]  # (N, 3)
+        patch = colors[:, :, None].expand(-1, -1, p * p).reshape(len(actions), 1, 3 * p * p)
+        return patch.expand(-1, len(self.separator_index), -1)
+
     def paint_action(self, canvases: Tensor, actions: Tensor) -> Tensor:
         """Canvases with the last separator set to the color of `actions` (B,); returns a new tensor."""
         out = canvases.clone()
@@ -137,6 +159,24 @@ class WorldModel(nn.Module, ABC):
     def target_of(self, canvases: Tensor) -> Tensor:
         """The target step region (B, 3, H, W_target)."""
         return canvases[..., self.grid.target_pixel_columns]
+
+    def check_actions(self, context: Tensor, actions: Tensor) -> tuple[int, int]:
+        """(B, K) of a `predict` call; one line naming the shapes when `actions` is not (B, K) ids."""
+        if actions.dim() != 2 or actions.shape[0] != context.shape[0]:
+            raise ValueError(
+                f"actions must be (B={context.shape[0]}, K) candidate ids, got {tuple(actions.shape)}"
+            )
+        return actions.shape[0], actions.shape[1]
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Dropout off while predicting, whatever mode the caller left the model in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     @abstractmethod
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:

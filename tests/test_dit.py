@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from models.blocks import Attention
 from models.config import DiTConfig
 from models.dit import DiT
 from models.errors import ConfigError
@@ -86,3 +87,30 @@ def test_flow_prediction_trains_too():
 def test_patch_must_divide_the_canvas():
     with pytest.raises(ConfigError, match="separator_width=4"):
         DiT(TINY.model_copy(update={"patch": 8}), TINY_CANVAS)
+
+
+def test_adaln_zero_makes_the_untrained_model_the_copy_baseline():
+    """Every block's modulation and the output head start at zero: each block is the identity on its tokens
+    and, with `residual`, the untrained DiT predicts the last context step exactly, under every action."""
+    torch.manual_seed(0)
+    model = DiT(TINY, TINY_CANVAS).eval()
+    for layer in [block.ada[-1] for block in model.blocks] + [model.final.ada[-1], model.final.linear]:
+        assert not layer.weight.any() and not layer.bias.any()
+    canvases, _ = as_batch(*rolled_scenes(2))
+    out = model.predict(canvases, torch.arange(3).repeat(len(canvases), 1), seed=0)
+    last = model.grid.separator_pixel_columns.start
+    expected = canvases[..., last - TINY_CANVAS.frame_width : last]
+    assert torch.equal(out, expected[:, None].expand_as(out))
+
+
+def test_qk_norm_is_an_option_of_the_attention_that_uses_it():
+    """qk-norm normalizes each head's keys (and queries) to unit RMS; off, the weights are as before, so a
+    model that does not ask for it loads its old checkpoints."""
+    torch.manual_seed(0)
+    x = 50 * torch.randn(2, 7, 32)
+    with torch.no_grad():
+        _, (keys, _) = Attention(32, 2, qk_norm=True)(x)
+        _, (plain, _) = Attention(32, 2)(x)
+    assert torch.allclose(keys.square().mean(dim=-1).sqrt(), torch.ones(2, 2, 7), atol=1e-3)
+    assert plain.square().mean(dim=-1).sqrt().min() > 2  # unnormalized keys grow with the input
+    assert sorted(Attention(32, 2).state_dict()) == ["proj.bias", "proj.weight", "qkv.bias", "qkv.weight"]
