@@ -17,6 +17,11 @@ CALIBRATION = {
 MIDDLE = {cal.id: (cal.range_min + cal.range_max) // 2 for cal in CALIBRATION.values()}
 """Where each servo rests in these tests: the middle of its range (0 normalized, 50 for the gripper)."""
 WRITES = (Instruction.WRITE, Instruction.SYNC_WRITE)
+HEALTHY_TIMEOUT = 0.1
+"""The reply timeout of tests whose servos answer (late or damaged, but they answer): the emulator is a thread
+of the test process, and a busy machine can hold it for tens of ms, so 50 ms failed healthy servos there.
+Not more: after every failure the bus waits a whole timeout of quiet line. Tests that wait for a timeout to
+fire (a silent servo) keep a short one."""
 
 
 def calibrated_emulator(ids: range = range(1, 7)) -> ServoEmulator:

@@ -22,6 +22,7 @@ from robot.feetech import (
     describe_error_bits,
     encode_packet,
 )
+from tests.servos import HEALTHY_TIMEOUT
 
 
 @pytest.fixture
@@ -269,7 +270,7 @@ def test_a_damaged_packet_mid_batch_leaves_the_bus_in_step(emulator: ServoEmulat
     not be taken for the retry's, nor for the next request's (another register)."""
     distinct_registers(emulator)
     emulator.delay_replies(0.001, between_s=0.004)
-    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+    with FeetechBus(emulator.port, timeout=HEALTHY_TIMEOUT, retries=2) as bus:
         emulator.corrupt_next_checksum(3)
         assert bus.sync_read(IDS, "present_position") == DISTINCT["present_position"]
         assert bus.sync_read(IDS, "max_position_limit") == DISTINCT["max_position_limit"]
@@ -284,7 +285,7 @@ def test_one_bad_packet_in_ten_never_yields_a_wrong_value(emulator: ServoEmulato
     emulator.damage_at_random(0.1, seed=7)
     names = list(DISTINCT)
     ok, failures = 0, []
-    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+    with FeetechBus(emulator.port, timeout=HEALTHY_TIMEOUT, retries=2) as bus:
         for k in range(60):
             name = names[k % len(names)]
             try:
@@ -308,7 +309,7 @@ def test_one_bad_packet_in_ten_never_yields_a_wrong_value(emulator: ServoEmulato
 def test_sync_writes_land_between_damaged_reads(emulator: ServoEmulator):
     emulator.delay_replies(0.0005, between_s=0.001)
     emulator.damage_at_random(0.1, seed=3)
-    with FeetechBus(emulator.port, timeout=0.05, retries=2) as bus:
+    with FeetechBus(emulator.port, timeout=HEALTHY_TIMEOUT, retries=2) as bus:
         bus.sync_write(dict.fromkeys(IDS, 1), "torque_enable")
         for k in range(30):
             goals = {i: 500 + 97 * ((i + k) % 30) for i in IDS}

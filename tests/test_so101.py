@@ -29,7 +29,7 @@ from robot.so101 import (
     save_calibration,
     unnormalize,
 )
-from tests.servos import CALIBRATION, MIDDLE, WRITES, calibrated_emulator
+from tests.servos import CALIBRATION, HEALTHY_TIMEOUT, MIDDLE, WRITES, calibrated_emulator
 
 
 @pytest.fixture
@@ -306,7 +306,7 @@ def test_connecting_on_a_bad_line_never_sends_a_wrong_goal(emulator: ServoEmulat
     connected, failures = 0, []
     for _ in range(10):
         try:
-            with open_arm(emulator, timeout=0.05, retries=4):  # a sync read of 6 fails 47% of attempts
+            with open_arm(emulator, timeout=HEALTHY_TIMEOUT, retries=4):  # 47% of 6-servo reads fail
                 connected += 1
         except FeetechError as err:
             failures.append(str(err))
