@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.files import append_line, atomic_write_text
+from harness.durable import append_line, atomic_write_text
 from harness.judge import GUARD_METRIC, PRIMARY_METRIC, Metrics, NoiseFloor, noise_floor, value
 from harness.paths import NightPaths, night_tags
 from models.errors import WorldloopError

@@ -12,7 +12,6 @@ import json
 import shutil
 import signal
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ from rich.console import Console
 
 from harness import reports
 from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted, Proposal
+from harness.durable import atomic_write_text
 from harness.executor import Executor, StepResult
-from harness.files import atomic_write_text
 from harness.judge import NoiseFloor, decide, mean_metrics, noise_floor
 from harness.ledger import (
     PENDING_FILE,
@@ -47,6 +46,7 @@ from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
 from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
+from models.files import read_toml
 from models.task import default_experiment, load_task
 
 LOOP_FILE = "LOOP.md"
@@ -109,10 +109,7 @@ def model_kind(experiment: Path) -> str:
     The rest is the agent's business: it may have added fields that only the worktree's `models/config.py`
     knows, so the full check is the smoke step, which runs that code.
     """
-    try:
-        raw = tomllib.loads(Path(experiment).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ProposalRejected(f"{experiment.name}: cannot read it ({err})") from None
+    raw = read_toml(experiment, ProposalRejected)
     return str(raw.get("model", {}).get("kind", "dit"))
 
 

@@ -42,7 +42,7 @@ PINNED: dict[str, str] = {
     "models/episode.py": "an episode as read from the dataset",
     "models/vocab.py": "action ids and colors, how actions are derived",
     "models/errors.py": "the errors the judge reports",
-    "models/atomic.py": "how result files are written",
+    "models/files.py": "how files are read and written: whole or not at all, TOML, checksums",
     "models/openmp.py": "how many CPU threads a run trains on, and how they wait (the fair budget's rules)",
     "models/__init__.py": "the package, imported before the judge",
     "experiments/space.toml": "the offline agent's search space (the researcher's, not the agent's)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.canvas import CanvasConfig  # noqa: E402
+from models.files import replacing  # noqa: E402
 
 
 def canvas_grid(
@@ -52,11 +52,9 @@ def canvas_grid(
 def save_figure(fig: plt.Figure, out: Path, dpi: int = 150) -> Path:
     """Write a figure atomically: a reader never sees a half-written PNG."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
+    with replacing(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

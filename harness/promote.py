@@ -17,8 +17,8 @@ from pathlib import Path
 
 import git
 
+from harness.durable import atomic_write_text
 from harness.executor import Executor, StepResult
-from harness.files import atomic_write_text
 from harness.ledger import EVALUATED, NightInfo, find_run, load_metrics, now
 from harness.pinned import extract_judge
 from models.errors import WorldloopError

@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from harness.files import atomic_write_text
+from harness.durable import atomic_write_text
 from harness.judge import (
     GUARD_METRIC,
     PRIMARY_METRIC,

@@ -11,7 +11,6 @@ commit that was HEAD when the night started (the night's base). Edits are allowe
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -20,7 +19,8 @@ import git
 from harness.agents.base import FileEdit, Proposal
 from harness.pinned import ALLOWED_DIRS, ALLOWED_TEXT, EDITABLE_SUFFIXES, PINNED_FILES
 from harness.secrets import redact
-from models.errors import WorldloopError
+from models.errors import ConfigError, WorldloopError
+from models.files import parse_toml
 from models.task import TASK_SECTIONS, default_experiment
 
 AUTHOR = git.Actor("worldloop harness", "harness@worldloop.invalid")
@@ -164,10 +164,7 @@ class Workspace:
                 self._check_toml(path, base_commit)
 
     def _check_toml(self, path: str, base_commit: str | None) -> None:
-        try:
-            new = tomllib.loads(self.read(path))
-        except tomllib.TOMLDecodeError as err:
-            raise ProposalRejected(f"{path} is not valid TOML: {err}") from None
+        new = parse_toml(self.read(path), path, ProposalRejected)
         if base_commit is None or not path.startswith("experiments/"):
             return
         # A new experiment is held to the task of its model kind's default experiment: the one it is
@@ -188,8 +185,8 @@ class Workspace:
     def _base_toml(self, base_commit: str, path: str) -> dict | None:
         """A TOML file as committed at the night's base, or None when it is not there (or not TOML)."""
         try:
-            return tomllib.loads(self.repo.git.show(f"{base_commit}:{path}"))
-        except (git.GitCommandError, tomllib.TOMLDecodeError):
+            return parse_toml(self.repo.git.show(f"{base_commit}:{path}"), path)
+        except (git.GitCommandError, ConfigError):
             return None
 
     def commit(self, message: str) -> Commit:

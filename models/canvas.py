@@ -95,6 +95,12 @@ class CanvasConfig(BaseModel):
             )
         return self
 
+    def sizes_not_divisible_by(self, patch: int) -> list[str]:
+        """The sizes a square patch of side `patch` does not tile, as `canvas.<field>=<value>`: a patch model
+        needs every frame, separator and strip size to be a multiple of its patch."""
+        fields = ("frame_width", "frame_height", "separator_width", "motor_strip_height")
+        return [f"canvas.{name}={getattr(self, name)}" for name in fields if getattr(self, name) % patch]
+
     def fingerprint(self) -> str:
         """A stable hash of every field: caches and checkpoints compare configs by it."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()

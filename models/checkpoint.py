@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.atomic import replacing
-from models.atomic import write_json as write_json  # training writes its config.json and metrics with it
 from models.config import CONFIG_FILE, ExperimentConfig, read_config
 from models.errors import ConfigError, WorldloopError
+from models.files import replacing
+from models.files import write_json as write_json  # training writes its config.json and metrics with it
 from models.world_model import WorldModel
 
 WEIGHTS_FILE = "model.safetensors"

@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.canvas import CanvasConfig
 from models.errors import ConfigError, WorldloopError, describe_validation_error
-from models.task import DataConfig, read_toml
+from models.files import read_toml
+from models.task import DataConfig
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,19 @@ class TransformerConfig(_Strict):
         description="Predict the target as the last context step plus a change: most pixels do not move, so "
         "the untrained model starts at the copy-last-frame baseline and learns only what the action changes.",
     )
+
+    @model_validator(mode="after")
+    def _widths_fit(self) -> TransformerConfig:
+        """What the attention and position tables need of the widths (models/blocks.py), checked when the
+        config is read rather than when the model is built."""
+        if self.width % self.heads:
+            raise ValueError(f"heads {self.heads} do not divide width {self.width}")
+        if self.position == "sincos" and self.width % 4:
+            raise ValueError(f"width {self.width} is not divisible by 4 (sincos position tables)")
+        head = self.width // self.heads
+        if self.position == "rope" and head % 4:
+            raise ValueError(f"head width {head} (width/heads) is not divisible by 4 (2-D rotary positions)")
+        return self
 
 
 class DiTConfig(TransformerConfig):
@@ -95,6 +109,13 @@ class ExperimentConfig(_Strict):
     canvas: CanvasConfig = Field(default_factory=CanvasConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _patch_fits_the_canvas(self) -> ExperimentConfig:
+        bad = self.canvas.sizes_not_divisible_by(self.model.patch)
+        if bad:
+            raise ValueError(f"patch {self.model.patch} does not divide {', '.join(bad)}")
+        return self
 
 
 def load_config(path: Path) -> ExperimentConfig:

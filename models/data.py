@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.canvas import CanvasConfig, build_many
 from models.episode import Episode
 from models.errors import DatasetError, MissingCacheError
+from models.files import sha256, write_json
 from models.lerobot import LeRobotReader
 from models.vocab import BUFFER
 
@@ -257,9 +258,9 @@ def build_cache(
             index["splits"][name] = {
                 "count": offsets[name],
                 "episodes": [int(i) for i in episodes_of[name]],
-                "sha256": {f: _sha256(tmp / f) for f in (f"{name}.npy", f"{name}.meta.npz")},
+                "sha256": {f: sha256(tmp / f) for f in (f"{name}.npy", f"{name}.meta.npz")},
             }
-        _write_json(tmp / "index.json", index)
+        write_json(tmp / "index.json", index)
         if force and target.exists():
             shutil.rmtree(target)
         try:
@@ -335,7 +336,7 @@ def verify_cache(directory: Path) -> dict:
     for entry in index.get("splits", {}).values():
         for file, expected in entry["sha256"].items():
             path = directory / file
-            if not path.exists() or _sha256(path) != expected:
+            if not path.exists() or sha256(path) != expected:
                 raise DatasetError(f"canvas cache file {path} is missing or damaged; rebuild with --force")
     return index
 
@@ -357,15 +358,3 @@ def _save_meta(path: Path, samples: list[EpisodeSamples], config: CanvasConfig) 
         states=cat("states", (steps, joints), np.float32),
         prev_states=cat("prev_states", (joints,), np.float32),
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

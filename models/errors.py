@@ -35,7 +35,8 @@ def describe_validation_error(err: object, source: str = "config") -> str:
     problems = []
     for item in err.errors():  # type: ignore[attr-defined]
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        problems.append(f"{where}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")  # a validator's ValueError: its words only
+        problems.append(f"{where}: {message}")
     return f"bad {source}: " + "; ".join(problems)
 
 

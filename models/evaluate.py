@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.atomic import replacing, write_json
 from models.canvas import CanvasConfig, CanvasLayout
 from models.data import SPLITS, CanvasSplit, load_split
 from models.errors import DatasetError, WorldloopError
+from models.files import replacing, write_json
 from models.pixels import MID_GRAY
 from models.predictor import Predictor, PredictorError, PredictorProcess, Request
 from models.task import Task, default_experiment, load_task

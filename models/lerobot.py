@@ -37,12 +37,14 @@ import pyarrow.parquet as pq
 from models import vocab
 from models.episode import Episode
 from models.errors import DatasetError
+from models.files import write_json
 from models.vocab import JOINT_NAMES
 
 CODEBASE_VERSION = "v3.0"
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
+LEROBOT_JSON = {"indent": 4, "sort_keys": False, "ensure_ascii": False}  # how LeRobot writes its meta JSON
 TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
 SIDECAR_DIR = "meta/discrete_action_logs"
@@ -367,11 +369,6 @@ def _tasks_table(tasks: Mapping[str, int]) -> pa.Table:
     return table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
 
 
-def _write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n")
-
-
 def _is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
@@ -646,10 +643,9 @@ class LeRobotWriter:
         pq.write_table(_tasks_table(self._tasks), self._tmp / TASKS_PATH)
         keys = self._episode_stats[0].keys()
         stats = {key: _aggregate_stats([s[key] for s in self._episode_stats]) for key in keys}
-        _write_json(
-            {key: {k: v.tolist() for k, v in s.items()} for key, s in stats.items()}, self._tmp / STATS_PATH
-        )
-        _write_json(self._info(), self._tmp / INFO_PATH)
+        stats_json = {key: {k: v.tolist() for k, v in s.items()} for key, s in stats.items()}
+        write_json(self._tmp / STATS_PATH, stats_json, **LEROBOT_JSON)
+        write_json(self._tmp / INFO_PATH, self._info(), **LEROBOT_JSON)
 
     def _move_into_place(self) -> None:
         """Rename the finished temporary directory to `root`; an old dataset is moved aside first."""

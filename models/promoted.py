@@ -14,7 +14,6 @@ contract's (models/pixels.py, pinned), the ones the judge used.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.errors import WorldloopError
+from models.files import sha256
 
 if TYPE_CHECKING:  # torch loads only with a model: `harness promote` copies files without it
     import torch
@@ -51,14 +51,6 @@ class PromotedModel:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hashed_files(root: Path) -> dict[str, str]:

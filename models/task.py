@@ -8,7 +8,6 @@ judged on this one.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.canvas import CanvasConfig
 from models.data import SplitConfig
 from models.errors import ConfigError, describe_validation_error
+from models.files import read_toml
 
 TASK_SECTIONS = ("canvas", "data")
 """The sections of an experiment config that define the task: a proposal may not change them."""
@@ -49,17 +49,6 @@ class Task(BaseModel):
 def default_experiment(model_kind: str) -> str:
     """The experiment config (path in a tree) a model kind trains with, and is judged on, by default."""
     return f"experiments/{model_kind}.toml"
-
-
-def read_toml(path: Path) -> dict:
-    """A TOML file as a dict; a missing or malformed file is a ConfigError naming it."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 
 def load_task(experiment: Path) -> Task:

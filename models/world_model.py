@@ -45,13 +45,7 @@ class CanvasGrid:
     """
 
     def __init__(self, canvas: CanvasConfig, patch: int) -> None:
-        sizes = {
-            "frame_width": canvas.frame_width,
-            "frame_height": canvas.frame_height,
-            "separator_width": canvas.separator_width,
-            "motor_strip_height": canvas.motor_strip_height,
-        }
-        bad = [f"canvas.{name}={value}" for name, value in sizes.items() if value % patch]
+        bad = canvas.sizes_not_divisible_by(patch)
         if bad:
             raise ConfigError(f"patch {patch} must divide every canvas size; not: {', '.join(bad)}")
         layout = canvas.layout

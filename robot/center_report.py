@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from models.files import replacing, write_text  # noqa: E402
 from models.vocab import ACTION_NAMES  # noqa: E402
 from robot.center import CenterSettings, EpisodeResult, StepLog  # noqa: E402
 
@@ -20,10 +20,9 @@ STRIP_STEPS = 12  # columns of the frame strip
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Atomic PNG write: a report never links a half-written image."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -108,8 +107,4 @@ def write_report(result: EpisodeResult, settings: CenterSettings, out: Path, tit
             "",
         ]
     )
-    path = out.with_suffix(".md")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(out.with_suffix(".md"), text)

@@ -61,9 +61,9 @@ def bigger_val_split(tree: Path, run: Path) -> None:
     """An agent 'improving' the split in models/config.py: every config it loads has another val split."""
     replace(
         tree / "models/config.py",
-        "from models.task import DataConfig, read_toml\n",
+        "from models.task import DataConfig\n",
         "from pydantic import field_validator\n\n"
-        "from models.task import DataConfig as TaskData\nfrom models.task import read_toml\n\n\n"
+        "from models.task import DataConfig as TaskData\n\n\n"
         "class DataConfig(TaskData):\n"
         "    @field_validator('val_fraction', 'split_seed')\n"
         "    @classmethod\n"

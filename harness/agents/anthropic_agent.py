@@ -27,7 +27,7 @@ from anthropic.types import Message, ToolUseBlock, Usage
 from pydantic import ValidationError
 
 from harness.agents.base import Agent, AgentContext, AgentError, Proposal
-from harness.files import append_line
+from harness.durable import append_line
 from harness.ledger import TokenUse
 from models.errors import describe_validation_error
 

@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.agents.base import Agent, AgentContext, AgentError, FileEdit, Proposal
-from harness.files import append_line
+from harness.durable import append_line
 from harness.ledger import TokenUse
 
 log = logging.getLogger(__name__)

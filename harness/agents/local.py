@@ -33,6 +33,7 @@ from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted,
 from harness.ledger import RunRecord, RunStatus
 from models.config import DiTConfig, ExperimentConfig, GPTConfig, TrainConfig
 from models.errors import describe_validation_error
+from models.files import read_toml
 
 SPACE_FILE = "experiments/space.toml"
 """Where the search space lives, relative to the workspace (the worktree at the best commit)."""
@@ -107,12 +108,7 @@ class SearchSpace:
 def load_space(path: Path) -> SearchSpace:
     """Read a space file; any problem is an AgentError naming the file and the entry."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise AgentError(f"{path}: no such file; the local agent needs a search space there") from None
-    except tomllib.TOMLDecodeError as err:
-        raise AgentError(f"{path}: not valid TOML ({err})") from None
+    raw = read_toml(path, AgentError)
     unknown = sorted(set(raw) - {"agent", *MODEL_CLASSES})
     if unknown:
         raise AgentError(f"{path}: unknown table [{unknown[0]}]; expected [agent], [dit] and/or [gpt]")
@@ -312,33 +308,6 @@ def get_value(config: ExperimentConfig, key: str) -> Any:
     return value
 
 
-def check_constraints(config: ExperimentConfig) -> str | None:
-    """What the model code refuses and pydantic does not check, in words; None when the config is fine.
-
-    Mirrors the checks in models/blocks.py (attention heads, rotary and sincos tables) and
-    models/world_model.py (CanvasGrid: the patch must divide every canvas size), so a bad sample is
-    resampled here instead of costing a rejected run.
-    """
-    m, canvas = config.model, config.canvas
-    if m.width % m.heads:
-        return f"heads {m.heads} do not divide width {m.width}"
-    if m.width % 4:
-        return f"width {m.width} is not divisible by 4 (sincos position tables)"
-    head = m.width // m.heads
-    if m.position == "rope" and head % 4:
-        return f"head width {head} (width/heads) is not divisible by 4 (2-D rotary positions)"
-    sizes = {
-        "frame_width": canvas.frame_width,
-        "frame_height": canvas.frame_height,
-        "separator_width": canvas.separator_width,
-        "motor_strip_height": canvas.motor_strip_height,
-    }
-    bad = [f"canvas.{name}={size}" for name, size in sizes.items() if size % m.patch]
-    if bad:
-        return f"patch {m.patch} does not divide {', '.join(bad)}"
-    return None
-
-
 @dataclass
 class _Experiment:
     """One kind's experiment file as it is at the best commit: what proposals change."""
@@ -355,16 +324,12 @@ class _Experiment:
     @classmethod
     def read(cls, workspace: Path, path: str) -> _Experiment:
         file = workspace / path
+        raw = read_toml(file, AgentError)
         try:
-            text = file.read_text()
-            raw = tomllib.loads(text)
             config = ExperimentConfig.model_validate(raw)
-        except FileNotFoundError:
-            raise AgentError(f"{file}: no such experiment file") from None
-        except tomllib.TOMLDecodeError as err:
-            raise AgentError(f"{file}: not valid TOML ({err})") from None
         except ValidationError as err:
             raise AgentError(f"{file}: {describe_validation_error(err)}") from None
+        text = file.read_text()
         return cls(path, text, raw, config)
 
     def values(self, params: tuple[Param, ...]) -> dict[str, Any]:
@@ -385,10 +350,9 @@ class _Experiment:
         """(config, None) with `values` set, or (None, why not)."""
         try:
             config = ExperimentConfig.model_validate(self.with_values(values))
-        except ValidationError as err:
+        except ValidationError as err:  # the config's own rules, cross-field ones included (models/config.py)
             return None, describe_validation_error(err)
-        problem = check_constraints(config)
-        return (None, problem) if problem else (config, None)
+        return config, None
 
     def rewrite(self, changed: Mapping[str, Any], expected: ExperimentConfig) -> str:
         """The file's text with `changed` set; checked to parse back into exactly `expected`."""
@@ -720,6 +684,9 @@ def _check_bounds(space: SearchSpace, experiment: _Experiment) -> None:
             try:
                 ExperimentConfig.model_validate(experiment.with_values({param.key: value}))
             except ValidationError as err:
+                name = param.key.rsplit(".", 1)[-1]
+                if not any(e["loc"] and e["loc"][-1] == name for e in err.errors()):
+                    continue  # a rule across fields (heads vs width): a sample may still pair it well
                 raise AgentError(
                     f'{space.path}: [{experiment.kind}] "{param.key}": {value!r} is not a valid value '
                     f"({describe_validation_error(err)})"

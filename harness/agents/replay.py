@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted, Proposal
-from harness.files import atomic_write_text
+from harness.durable import atomic_write_text
 
 
 class ReplayAgent(Agent):

@@ -1,4 +1,4 @@
-"""Writes that must survive a crash or a kill -9 at any moment: a reader sees the old file or the new one.
+"""The night's durable writes: whole files and ledger lines that survive a crash or a kill -9 at any moment.
 
 Every text the harness writes goes through here, and through `redact` on the way: no secret reaches a file.
 """
@@ -9,19 +9,12 @@ import os
 from pathlib import Path
 
 from harness.secrets import redact
+from models.files import write_text
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to a sibling temp file, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(redact(text))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write `text`, redacted, whole or not at all and fsynced before it replaces `path` (models/files.py)."""
+    return write_text(path, redact(text), durable=True)
 
 
 def append_line(path: Path, line: str) -> None:
