@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from harness import data_cli, night_cli, promote_cli, run_cli
+from harness import data_cli, promote_cli, review_cli, run_cli
 from models.errors import run_command
 
 app = typer.Typer(
@@ -18,9 +18,9 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.command()(run_cli.run)
-app.command()(night_cli.report)
-app.command()(night_cli.summary)
-app.command()(night_cli.status)
+app.command()(review_cli.report)
+app.command()(review_cli.summary)
+app.command()(review_cli.status)
 app.command(name="promote")(promote_cli.promote_command)
 
 

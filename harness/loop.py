@@ -213,7 +213,7 @@ class Night:
     """One night of one tag: owns the workspace, the executor and the ledger."""
 
     def __init__(self, settings: NightSettings, agent: Agent, console: Console | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.agent = agent
         self.console = console or Console()
         self.paths = NightPaths(Path(settings.root).resolve(), settings.tag)
@@ -229,7 +229,7 @@ class Night:
     # ------------------------------------------------------------------------------------ setup
 
     def _start(self) -> None:
-        s, paths = self.s, self.paths
+        s, paths = self.settings, self.paths
         worktree = paths.runs / "worktree"
         existing = NightInfo.read(paths)
         if s.resume:
@@ -277,7 +277,7 @@ class Night:
         if self.workspace.head != target or self.workspace.repo.is_dirty(untracked_files=True):
             if self.workspace.head != target and records:
                 self.workspace.set_aside(
-                    f"{run_id_for(self.s.tag, len(records))}-interrupted", self.workspace.head
+                    f"{run_id_for(self.settings.tag, len(records))}-interrupted", self.workspace.head
                 )
             self.workspace.reset(target)
         self.paths.current.unlink(missing_ok=True)
@@ -291,8 +291,8 @@ class Night:
         try:
             while True:
                 records = self.ledger.read()
-                if self.s.max_runs is not None and len(records) >= self.s.max_runs:
-                    reason = f"--max-runs {self.s.max_runs} reached"
+                if self.settings.max_runs is not None and len(records) >= self.settings.max_runs:
+                    reason = f"--max-runs {self.settings.max_runs} reached"
                     break
                 if not self._fits(records):
                     break
@@ -319,9 +319,9 @@ class Night:
         self.info.finished_at = now() if finished else None
         self.info.write(self.paths)
         summary = reports.render_summary(self.paths)
-        self.console.print(f"[bold]night {self.s.tag} ended:[/bold] {reason}. Summary: {summary}")
+        self.console.print(f"[bold]night {self.settings.tag} ended:[/bold] {reason}. Summary: {summary}")
         if not finished:
-            self.console.print(f"continue it with `harness run --resume {self.s.tag}`")
+            self.console.print(f"continue it with `harness run --resume {self.settings.tag}`")
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -335,7 +335,7 @@ class Night:
         agent = [r.timings.agent_s for r in records if not r.is_baseline]
         overhead = [r.timings.overhead_s for r in records]
         d = DEFAULT_ESTIMATES
-        seeds = self.s.baseline_seeds if not records else 1
+        seeds = self.settings.baseline_seeds if not records else 1
         return (
             (0.0 if not records else _typical(agent, self.agent.typical_s))
             + _typical(overhead, d["overhead_s"] + d["smoke_s"])
@@ -346,9 +346,9 @@ class Night:
         """Seconds one seed takes: training (the budget and its startup, as measured) and the val judge."""
         trials = [t for r in records for t in r.trials if t.ok]
         d = DEFAULT_ESTIMATES
-        return _typical([t.train_s for t in trials], self.s.per_run_s + d["startup_s"]) + _typical(
+        return _typical([t.train_s for t in trials], self.settings.per_run_s + d["startup_s"]) + _typical(
             [t.eval_s for t in trials],
-            5.0 + 0.03 * self.s.eval_samples,  # ~20 s for the judge's 512 samples
+            5.0 + 0.03 * self.settings.eval_samples,  # ~20 s for the judge's 512 samples
         )
 
     def _fits(self, records: list[RunRecord]) -> bool:
@@ -365,7 +365,7 @@ class Night:
 
     def _one_run(self, records: list[RunRecord]) -> None:
         index = len(records)
-        run = RunOutcome(run_id_for(self.s.tag, index), index)
+        run = RunOutcome(run_id_for(self.settings.tag, index), index)
         run_dir = self.paths.run_dir(run.run_id)
         best = best_run(records)
         best_commit = best.commit if best and best.commit else self.info.base_commit
@@ -406,11 +406,11 @@ class Night:
         proposal = self._propose(run, records, run_dir)
         if proposal is None:
             return None
-        experiment = proposal.experiment or self.s.experiment
+        experiment = proposal.experiment or self.settings.experiment
         record = dict(
             run_id=run.run_id,
             index=run.index,
-            tag=self.s.tag,
+            tag=self.settings.tag,
             parent=best.run_id if best else None,
             hypothesis=proposal.hypothesis,
             rationale=proposal.rationale,
@@ -459,7 +459,7 @@ class Night:
         sha = pending.record["commit"]
         noise = night_noise(records)
         if run.index == 0:
-            while len(pending.trials) < self.s.baseline_seeds:
+            while len(pending.trials) < self.settings.baseline_seeds:
                 trial, tail = self._trial(run, pending)
                 if not trial.ok:
                     return self._fail_trial(run, pending, trial, tail, best_commit)
@@ -520,7 +520,12 @@ class Night:
         label = pending.record["hypothesis"]
         self._phase(run, "train" if number == 0 else f"train seed {seed}", label)
         trained = self.executor.train(
-            experiment, directory, self.s.per_run_s, self.s.grace, seed=seed, timeout_s=self._train_timeout()
+            experiment,
+            directory,
+            self.settings.per_run_s,
+            self.settings.grace,
+            seed=seed,
+            timeout_s=self._train_timeout(),
         )
         trial = Trial(
             seed=seed,
@@ -552,7 +557,9 @@ class Night:
     def _evaluate(self, directory: Path, split: str, pending: PendingRun) -> tuple[StepResult, dict | None]:
         """The pinned judge on one seed's run directory, on the night's task for the run's model kind."""
         task = EXPERIMENTS[pending.record["model_kind"]]
-        return self.executor.evaluate(directory, split, self.s.eval_samples, self._eval_timeout(), task=task)
+        return self.executor.evaluate(
+            directory, split, self.settings.eval_samples, self._eval_timeout(), task=task
+        )
 
     @staticmethod
     def _seeds(pending: PendingRun) -> list[dict]:
@@ -634,7 +641,7 @@ class Night:
             record = dict(
                 run_id=run.run_id,
                 index=run.index,
-                tag=self.s.tag,
+                tag=self.settings.tag,
                 hypothesis="(no proposal)",
                 tokens=err.tokens,  # a failed proposal still cost what it cost
                 agent_meta=err.meta,
@@ -681,18 +688,18 @@ class Night:
 
     def _kind(self, experiment: str) -> str:
         kind = model_kind(self.workspace.path / experiment)
-        if kind not in self.s.model_kinds:
+        if kind not in self.settings.model_kinds:
             raise ProposalRejected(
-                f"{experiment} trains a {kind}; this night trains {', '.join(self.s.model_kinds)}"
+                f"{experiment} trains a {kind}; this night trains {', '.join(self.settings.model_kinds)}"
             )
         return kind
 
     def _eval_timeout(self) -> float:
-        return max(EVAL_TIMEOUT_S, 0.5 * self.s.per_run_s)
+        return max(EVAL_TIMEOUT_S, 0.5 * self.settings.per_run_s)
 
     def _train_timeout(self) -> float:
         """Wall clock allowed to one training: TRAIN_SLACK budgets, never past the night's end, plus grace."""
-        return min(TRAIN_SLACK * self.s.per_run_s, max(0.0, self.remaining())) + self.s.grace
+        return min(TRAIN_SLACK * self.settings.per_run_s, max(0.0, self.remaining())) + self.settings.grace
 
     def _set_aside(self, run: RunOutcome, sha: str | None, best_commit: str) -> None:
         if run.index > 0:
@@ -718,16 +725,16 @@ class Night:
 
     def _context(self, run: RunOutcome, records: list[RunRecord], run_dir: Path) -> AgentContext:
         best, baseline = best_run(records), baseline_run(records)
-        experiment = self.s.experiment
+        experiment = self.settings.experiment
         feedback = [
             reports.feedback(self.paths, r, records, root=self.paths.root) for r in records[-FEEDBACK_RUNS:]
         ]
         state = PromptState(
-            tag=self.s.tag,
+            tag=self.settings.tag,
             index=run.index,
             remaining_s=max(0.0, self.remaining()),
-            per_run_s=self.s.per_run_s,
-            model_kinds=self.s.model_kinds,
+            per_run_s=self.settings.per_run_s,
+            model_kinds=self.settings.model_kinds,
             experiment=experiment,
             experiment_text=(self.workspace.path / experiment).read_text(),
             best=best,
@@ -749,8 +756,8 @@ class Night:
             prompt=prompt,
             history=records,
             experiment=experiment,
-            model_kinds=self.s.model_kinds,
-            per_run_s=self.s.per_run_s,
+            model_kinds=self.settings.model_kinds,
+            per_run_s=self.settings.per_run_s,
             remaining_s=max(0.0, self.remaining()),
             allowed=ALLOWED_TEXT,
             rules=loop_text,

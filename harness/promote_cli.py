@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.ledger import Ledger, best_run
-from harness.night_cli import night_paths
 from harness.promote import list_promoted, promote
 from harness.reports import fmt_number
+from harness.review_cli import night_paths
 from models.errors import WorldloopError
 
 ROOT_OPTION = typer.Option(Path("."), "--root", help="the project directory holding runs/ and checkpoints/")

@@ -508,7 +508,7 @@ class _Sample:
 
 
 @dataclass
-class _Night:
+class _ProposalInputs:
     """What one proposal works from: the space, each kind's experiment file, and the runs so far."""
 
     space: SearchSpace
@@ -520,7 +520,7 @@ class _Night:
         return tuple(self.experiments)
 
     @classmethod
-    def read(cls, context: AgentContext) -> _Night:
+    def read(cls, context: AgentContext) -> _ProposalInputs:
         space = load_space(context.workspace / SPACE_FILE)
         default = _Experiment.read(context.workspace, context.experiment)
         experiments = {default.kind: default}
@@ -548,7 +548,7 @@ class LocalAgent(Agent):
     typical_s = 1.0
 
     def propose(self, context: AgentContext) -> Proposal:
-        night = _Night.read(context)
+        night = _ProposalInputs.read(context)
         with _quiet_optuna():
             seed = proposal_seed(night.space.settings.seed, context.index)
             sample = self._sample(self._study(night, context), night, seed)
@@ -573,13 +573,13 @@ class LocalAgent(Agent):
     def study(self, context: AgentContext) -> optuna.Study:
         """The study `propose` would sample from: the night's finished runs as trials (for inspection)."""
         with _quiet_optuna():
-            return self._study(_Night.read(context), context)
+            return self._study(_ProposalInputs.read(context), context)
 
-    def _study(self, night: _Night, context: AgentContext) -> optuna.Study:
+    def _study(self, night: _ProposalInputs, context: AgentContext) -> optuna.Study:
         seed = proposal_seed(night.space.settings.seed, context.index)
         return _build_study(night.points, night.space, night.kinds, seed)
 
-    def _sample(self, study: optuna.Study, night: _Night, seed: int = 0) -> _Sample:
+    def _sample(self, study: optuna.Study, night: _ProposalInputs, seed: int = 0) -> _Sample:
         """Ask until a sample builds a valid config that is neither the current one nor one already run."""
         space, kinds = night.space, night.kinds
         random = len(night.points) < space.settings.n_startup_trials  # TPE counts judged + pruned trials
@@ -617,7 +617,7 @@ class LocalAgent(Agent):
         sample: _Sample,
         base: dict[str, Any],
         changed: dict[str, Any],
-        night: _Night,
+        night: _ProposalInputs,
     ) -> str:
         moves = ", ".join(
             f"{k} {format_toml_value(base[k])} -> {format_toml_value(v)}" for k, v in changed.items()
@@ -629,7 +629,7 @@ class LocalAgent(Agent):
         what = f"Train {sample.kind} ({path}): tune" if len(night.kinds) > 1 else "Tune"
         return f"{what} {moves} ({how}, trial {context.index} of the night, from {judged} {runs})"
 
-    def _rationale(self, night: _Night, sample: _Sample, changed: dict[str, Any]) -> str:
+    def _rationale(self, night: _ProposalInputs, sample: _Sample, changed: dict[str, Any]) -> str:
         """The best run so far, and which changed keys stay near its values (exploit) or leave them
         (explore)."""
         judged = [p for p in night.points if p.kind == sample.kind and p.mse is not None]
