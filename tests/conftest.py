@@ -57,6 +57,6 @@ def dataset_copy(sim_dataset: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_cache(sim_dataset: Path) -> Path:
-    """The session dataset with the canvas cache of the tiny experiments (tests/tiny.py) built."""
+    """The session dataset with the canvas cache of the tiny experiments (tests/helpers.py) built."""
     build_cache(sim_dataset, CanvasConfig(**SMALL_CANVAS))
     return sim_dataset

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.agents.base import AgentContext
+from harness.pinned import ALLOWED_TEXT
+
 ROOT = Path(__file__).resolve().parents[1]
+LOOP_RULES = (ROOT / "LOOP.md").read_text()
 SMALL_CANVAS = {"frame_width": 32, "frame_height": 32}
 
 
@@ -57,3 +61,30 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     assert message.count("\n") == 0, message
     for needle in needles:
         assert needle in message, message
+
+
+def agent_context(
+    workspace: Path,
+    history: list | None = None,
+    index: int | None = None,
+    **fields: object,
+) -> AgentContext:
+    """What the loop gives an agent (harness/loop.py builds the same): run `index` (default: after `history`)
+    in `workspace`, the night's allowlist and LOOP.md, a 5-minute run in an hour left; `fields` override."""
+    history = list(history or [])
+    index = len(history) if index is None else index
+    values: dict = {
+        "run_id": f"r{index:03d}",
+        "index": index,
+        "workspace": workspace,
+        "run_dir": workspace.parent / "run",
+        "prompt": "",
+        "history": history,
+        "experiment": "experiments/dit.toml",
+        "model_kinds": ("dit",),
+        "per_run_s": 300.0,
+        "remaining_s": 3600.0,
+        "allowed": ALLOWED_TEXT,
+        "rules": LOOP_RULES,
+    }
+    return AgentContext(**(values | fields))

@@ -27,6 +27,7 @@ from harness.agents.anthropic_agent import (
 )
 from harness.agents.base import AgentContext, AgentError
 from harness.ledger import TokenUse
+from harness.pinned import ALLOWED_TEXT
 from tests.fake_messages_api import (
     FakeMessagesAPI,
     ScriptedResponse,
@@ -38,6 +39,7 @@ from tests.fake_messages_api import (
     tool_use_block,
     usage,
 )
+from tests.helpers import agent_context
 
 DIT = "class DiT:\n    depth = 1\n    width = 32\n"
 
@@ -59,18 +61,12 @@ def make_context(tmp_path: Path) -> AgentContext:
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         (ws / rel).write_text(text)
     (tmp_path / "outside.txt").write_text("not yours\n")
-    return AgentContext(
-        run_id="r0001",
+    return agent_context(
+        ws,
         index=1,
-        workspace=ws,
         run_dir=tmp_path / "run",
         prompt="# LOOP.md\nImprove the world model.\n\n## Leaderboard\n(baseline only)\n",
-        history=[],
         experiment="experiments/base.toml",
-        model_kinds=("dit",),
-        per_run_s=300.0,
-        remaining_s=3600.0,
-        allowed="models/** and experiments/** (not models/evaluate.py)",
     )
 
 
@@ -177,7 +173,7 @@ def test_one_full_iteration(tmp_path: Path, api: FakeMessagesAPI, canary: str) -
     first = requests[0]
     assert first["model"] == DEFAULT_MODEL
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert "models/** and experiments/**" in first["system"][0]["text"]
+    assert ALLOWED_TEXT in first["system"][0]["text"]
     assert first["messages"] == [
         {
             "role": "user",

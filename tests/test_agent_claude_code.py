@@ -41,6 +41,7 @@ from harness.agents.claude_code import (
     scratch_files,
     tokens_from_result,
 )
+from tests.helpers import agent_context
 
 
 class FakeClaude:
@@ -485,7 +486,9 @@ def escape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[
     return secret, targets
 
 
-def make_context(tmp_path: Path, prompt: str = "# LOOP.md\nImprove the model.\n") -> AgentContext:
+def make_context(
+    tmp_path: Path, prompt: str = "# LOOP.md\nImprove the model.\n", **fields: object
+) -> AgentContext:
     ws = tmp_path / "worktree"
     files = {
         "models/dit.py": DIT,
@@ -497,18 +500,8 @@ def make_context(tmp_path: Path, prompt: str = "# LOOP.md\nImprove the model.\n"
     for rel, text in files.items():
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         (ws / rel).write_text(text)
-    return AgentContext(
-        run_id="r0002",
-        index=2,
-        workspace=ws,
-        run_dir=tmp_path / "run",
-        prompt=prompt,
-        history=[],
-        experiment="experiments/base.toml",
-        model_kinds=("dit",),
-        per_run_s=300.0,
-        remaining_s=3600.0,
-        allowed="models/** and experiments/**",
+    return agent_context(
+        ws, index=2, run_dir=tmp_path / "run", prompt=prompt, experiment="experiments/base.toml", **fields
     )
 
 
@@ -541,7 +534,8 @@ def test_edits_from_the_cli_become_a_proposal(tmp_path: Path, fake_claude: Path)
 
     call = json.loads(fake_claude.read_text())
     argv = call["argv"]
-    assert argv[0] == "-p" and argv[1].startswith(context.prompt) and "HYPOTHESIS:" in argv[1]
+    assert argv[0] == "-p" and argv[1].startswith(context.rules)  # LOOP.md, then the night so far
+    assert context.prompt in argv[1] and "HYPOTHESIS:" in argv[1]
     assert option(argv, "--output-format") == "json"
     assert option(argv, "--tools") == FILE_TOOLS and "--allowedTools" not in argv
     assert option(argv, "--permission-mode") == "dontAsk"
@@ -714,7 +708,7 @@ def test_tokens_from_result_without_model_usage() -> None:
     "prompt", ["# LOOP.md\n" + "x" * (MAX_ARGV_PROMPT + 10), "--- a prompt that looks like an option\n"]
 )
 def test_a_long_or_dashed_prompt_goes_through_stdin(tmp_path: Path, fake_claude: Path, prompt: str) -> None:
-    ClaudeCodeAgent().propose(make_context(tmp_path, prompt))
+    ClaudeCodeAgent().propose(make_context(tmp_path, prompt, rules=""))  # the prompt comes first
     call = json.loads(fake_claude.read_text())
     assert call["stdin"].startswith(prompt) and len(call["argv"][1]) < 100
 

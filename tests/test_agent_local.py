@@ -16,6 +16,7 @@ from harness.agents.base import AgentContext, AgentError, AgentExhausted
 from harness.agents.local import LocalAgent, format_toml_value, set_toml_values
 from harness.ledger import RunRecord, RunStatus
 from models.config import ExperimentConfig, load_config
+from tests.helpers import agent_context
 
 ROOT = Path(__file__).resolve().parents[1]
 DIT = "experiments/dit.toml"
@@ -47,20 +48,7 @@ def write_space(ws: Path, text: str) -> Path:
 def context(
     ws: Path, history: list[RunRecord], index: int | None = None, kinds: tuple[str, ...] = ("dit",)
 ) -> AgentContext:
-    index = len(history) if index is None else index
-    return AgentContext(
-        run_id=f"r{index:03d}",
-        index=index,
-        workspace=ws,
-        run_dir=ws / "runs",
-        prompt="",
-        history=history,
-        experiment=DIT,
-        model_kinds=kinds,
-        per_run_s=300.0,
-        remaining_s=3600.0,
-        allowed="experiments/**",
-    )
+    return agent_context(ws, history, index, run_dir=ws / "runs", experiment=DIT, model_kinds=kinds)
 
 
 def baseline(mse: float | None = 0.02, status: RunStatus = RunStatus.KEEP) -> RunRecord:

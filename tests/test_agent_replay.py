@@ -9,6 +9,7 @@ import pytest
 from harness.agents.base import AgentContext, AgentError, AgentExhausted, FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, read_replay, write_replay
 from harness.ledger import RunRecord, RunStatus, TokenUse
+from tests.helpers import agent_context
 
 PROPOSALS = [
     Proposal(
@@ -32,19 +33,7 @@ def record(index: int, status: RunStatus = RunStatus.DISCARD) -> RunRecord:
 
 
 def context(tmp_path: Path, history: list[RunRecord]) -> AgentContext:
-    return AgentContext(
-        run_id=f"r{len(history):03d}",
-        index=len(history),
-        workspace=tmp_path,
-        run_dir=tmp_path / "run",
-        prompt="",
-        history=history,
-        experiment="experiments/dit.toml",
-        model_kinds=("dit",),
-        per_run_s=60.0,
-        remaining_s=600.0,
-        allowed="models/**, experiments/**",
-    )
+    return agent_context(tmp_path, history, run_dir=tmp_path / "run")
 
 
 def test_proposals_come_back_in_order_then_the_agent_is_exhausted(tmp_path: Path):
