@@ -4,9 +4,11 @@ search, its statistics), `robot-center`, `robot-record`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -176,9 +178,20 @@ def test_robot_center_in_sim_writes_its_report(tiny_run: Path, tmp_path: Path):
     reports = list(tmp_path.glob("center-*.md"))
     assert len(reports) == 1
     text = reports[0].read_text()
+    verdict = re.search(
+        r"\*\*(did not center|centered)\*\* the (\w+) object .*final offset ([-+][\d.]+) half-widths", text
+    )
+    assert verdict and verdict.group(2) in PALETTE and abs(float(verdict.group(3))) < 2.0, text
+    actions = re.search(r"\| steps \| (\d+) actions: ", text)
+    assert actions and 1 <= int(actions.group(1)) <= 3, text  # --max-steps 3
+    sizes = {}
     for png in ("-frames.png", "-offset.png"):
-        assert reports[0].with_suffix("").name + png in text
-        assert reports[0].with_name(reports[0].with_suffix("").name + png).exists()
+        name = reports[0].with_suffix("").name + png
+        assert f"]({name})" in text
+        image = cv2.imread(str(reports[0].with_name(name)))
+        assert image is not None and image.std() > 0, name  # a real picture, not an empty file
+        sizes[png] = image.shape
+    assert sizes["-frames.png"][1] > sizes["-frames.png"][0]  # a strip of frames, left to right
 
 
 def test_robot_center_dry_run_on_the_emulator_sends_no_goal(

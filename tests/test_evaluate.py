@@ -384,6 +384,11 @@ def test_evaluate_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
             "infer_ms_27_noise", "n_samples", "split", "seed", "model_kind", "parameters",
             "history"}  # fmt: skip
     assert keys <= set(saved) and saved["model_kind"] == "dit" and saved["n_samples"] >= 1
+    # untrained, the residual DiT is the copy baseline (adaLN-Zero) and blind to the action: the judge says so
+    assert saved["mse"] == pytest.approx(saved["copy_mse"], rel=1e-6) and saved[
+        "mse_vs_copy"
+    ] == pytest.approx(1.0)
+    assert saved["cf_acc"] == pytest.approx(1 / 3) and saved["cf_spread"] == 0.0
     with np.load(run / "cf_val.npz") as cf:
         n = len(cf["index"])
         assert n == min(8, saved["n_samples"])
