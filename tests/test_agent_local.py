@@ -13,7 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.agents.base import AgentContext, AgentError, AgentExhausted
-from harness.agents.local import LocalAgent, format_toml_value, set_toml_values
+from harness.agents.local import LocalAgent
+from harness.agents.toml_edit import format_toml_value, set_toml_values
 from harness.ledger import RunRecord, RunStatus
 from models.config import ExperimentConfig, load_config
 from tests.helpers import agent_context
