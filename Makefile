@@ -34,10 +34,11 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness promote --best
 	$(VENV)/bin/robot-center --checkpoint best --benchmark --episodes $(DEMO_CENTER_EPISODES)
 
-# Two workers, one test file each at a time (module fixtures such as a night are built once): most of the
-# suite waits on subprocesses starting Python and torch, so two at once halve it on 2 cores.
+# Two workers, one group of tests each at a time (tests/conftest.py: a group is a test file, or the files that
+# share the session's loop night), so module and session fixtures are built once: most of the suite waits on
+# subprocesses starting Python and torch, so two at once halve it on 2 cores.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: setup
 	$(VENV)/bin/ruff check .

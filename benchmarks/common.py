@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from models.files import write_text
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
@@ -106,7 +108,4 @@ def write_section(
         if pattern.search(text)
         else text.rstrip() + "\n\n" + section + "\n"
     )
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
-    return RESULTS
+    return write_text(RESULTS, text)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one small real simulated dataset per session, copied where a test must damage it."""
+"""Shared fixtures: one small real simulated dataset per session, copied where a test must damage it, and one
+real night of the loop (tests/night_project.py) that the loop, promotion and report tests all read."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.agents.replay import ReplayAgent, write_replay
 from harness.executor import split_cores
+from harness.loop import Night
+from harness.paths import NightPaths
 from models.canvas import CanvasConfig
 from models.data import build_cache
 from robot.record import record_sim_dataset
 from robot.sim import SimConfig
 from tests.helpers import SMALL_CANVAS
+from tests.night_project import EXPECTED, NIGHT_GROUP, PROPOSALS, make_project, tiny_night
 
 # Tiny test models run fastest on one thread, and the suite must not fight a training run for two cores.
 torch.set_num_threads(1)
@@ -32,6 +37,27 @@ def _pin_xdist_worker() -> None:
 
 
 _pin_xdist_worker()
+
+
+LONG_FIRST = (NIGHT_GROUP, "tests/test_night_process.py")
+"""The groups that take minutes (nights of the loop), started first so that neither worker ends on them."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` every test file is its own group (its module fixtures are built once, on one
+    worker) unless it names one: the files that share the session's night run together. The long groups go
+    first (xdist hands groups out in collection order)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def rank(item: pytest.Item) -> int:
+        group = item.get_closest_marker("xdist_group").args[0]
+        return LONG_FIRST.index(group) if group in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: each group keeps its order
+
 
 EPISODES = 6
 ACTIONS = 8
@@ -60,3 +86,16 @@ def small_cache(sim_dataset: Path) -> Path:
     """The session dataset with the canvas cache of the tiny experiments (tests/helpers.py) built."""
     build_cache(sim_dataset, CanvasConfig(**SMALL_CANVAS))
     return sim_dataset
+
+
+@pytest.fixture(scope="session")
+def loop_night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightPaths:
+    """A real night of the loop, tag `t`, whose every proposal has a certain fate (tests/night_project.py):
+    keep, unconfirmed twice, a confirmed keep with a code change, discard, rejected three ways, crash,
+    timeout. Read-only for its users, except promotion (checkpoints/) and re-rendered reports."""
+    root = make_project(tmp_path_factory.mktemp("night"))
+    replay = write_replay(root.parent / "proposals.jsonl", PROPOSALS)
+    settings = tiny_night(root, "t", small_cache, eval_samples=48, max_runs=len(EXPECTED), baseline_seeds=2)
+    info = Night(settings, ReplayAgent(replay)).run()
+    assert info.end_reason == f"--max-runs {len(EXPECTED)} reached"
+    return NightPaths(root, "t")

@@ -19,9 +19,8 @@ import pytest
 import torch
 
 import models
-from harness.agents.replay import ReplayAgent, write_replay
 from harness.ledger import Ledger, RunStatus, best_run
-from harness.loop import Night, trial_seed
+from harness.loop import trial_seed
 from harness.paths import NightPaths, run_id_for
 from harness.promote import promote
 from models.checkpoint import load_run
@@ -29,17 +28,15 @@ from models.data import load_split
 from models.promoted import MANIFEST, PromotedError, load_promoted
 from models.world_model import to_tensor
 from tests.helpers import assert_one_line_error, harness
-from tests.night_project import EXPECTED, EXPERIMENT, KEEP, PROPOSALS, make_project, tiny_night
+from tests.night_project import EXPECTED, EXPERIMENT, KEEP, NIGHT_GROUP
+
+pytestmark = pytest.mark.xdist_group(NIGHT_GROUP)
 
 
-@pytest.fixture(scope="module")
-def night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> NightPaths:
-    root = make_project(tmp_path_factory.mktemp("night"))
-    replay = write_replay(root.parent / "proposals.jsonl", PROPOSALS)
-    settings = tiny_night(root, "t", small_cache, eval_samples=48, max_runs=len(EXPECTED), baseline_seeds=2)
-    info = Night(settings, ReplayAgent(replay)).run()
-    assert info.end_reason == f"--max-runs {len(EXPECTED)} reached"
-    return NightPaths(root, "t")
+@pytest.fixture
+def night(loop_night: NightPaths) -> NightPaths:
+    """The session's night (tests/conftest.py)."""
+    return loop_night
 
 
 def test_every_proposal_gets_its_fate(night: NightPaths):
