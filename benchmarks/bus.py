@@ -22,12 +22,6 @@ from robot.feetech import CONTROL_TABLE, FeetechBus, FeetechError, Instruction
 from robot.so101 import JointCalibration, SO101Arm
 
 IDS = list(range(1, 7))
-VALUES = {
-    "present_position": {i: 1000 + 10 * i for i in IDS},
-    "max_position_limit": {i: 4095 - i for i in IDS},
-    "min_position_limit": {i: i for i in IDS},
-    "homing_offset": {i: -100 * i for i in IDS},
-}
 LATENCY_S, BETWEEN_S = 0.0005, 0.001
 TIMEOUT_S = 0.05
 
@@ -50,10 +44,8 @@ def bad_line(rate: float, seed: int, **kwargs) -> ServoEmulator:
 def sync_reads(bus_type: type[FeetechBus], reads: int, rate: float, seed: int) -> dict[str, float]:
     """Back-to-back sync reads on a bad line: counts of right, wrong and failed reads."""
     with bad_line(rate, seed) as emulator:
-        for name, values in VALUES.items():
-            for i, value in values.items():
-                emulator.write_register(i, name, value)
-        names = list(VALUES)
+        values = emulator.write_distinct_registers()
+        names = list(values)
         right = wrong = failed = unnamed = 0
         start = time.perf_counter()
         with bus_type(emulator.port, timeout=TIMEOUT_S, retries=2) as bus:
@@ -65,8 +57,8 @@ def sync_reads(bus_type: type[FeetechBus], reads: int, rate: float, seed: int) -
                     failed += 1
                     unnamed += err.servo_id is None or f"servo {err.servo_id}" not in str(err)
                     continue
-                right += got == VALUES[name]
-                wrong += sum(got[i] != VALUES[name][i] for i in IDS)
+                right += got == values[name]
+                wrong += sum(got[i] != values[name][i] for i in IDS)
         elapsed = time.perf_counter() - start
         return {
             "right": right,

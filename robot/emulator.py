@@ -187,6 +187,21 @@ class ServoEmulator:
         with self._changed:
             self._servos[servo_id].set(name, value)
 
+    def write_distinct_registers(self) -> dict[str, dict[int, int]]:
+        """Give a few registers values that differ between servos and between registers (servo ids 1..6),
+        so that a reply taken for the wrong servo or the wrong request shows as a wrong value; returns them
+        ({register: {servo id: value}})."""
+        values = {
+            "present_position": {i: 1000 + 10 * i for i in self._servos},
+            "max_position_limit": {i: 4095 - i for i in self._servos},
+            "min_position_limit": {i: i for i in self._servos},
+            "homing_offset": {i: -100 * i for i in self._servos},
+        }
+        for name, per_servo in values.items():
+            for servo_id, value in per_servo.items():
+                self.write_register(servo_id, name, value)
+        return values
+
     def received(self) -> list[Received]:
         """Every well-formed packet received so far, in order."""
         with self._changed:

@@ -244,20 +244,6 @@ def test_a_reply_from_the_wrong_servo_is_retried_then_rejected(emulator: ServoEm
 # A bad line: damaged packets while the rest of a batch is still arriving
 
 IDS = list(range(1, 7))
-DISTINCT = {
-    "present_position": {i: 1000 + 10 * i for i in IDS},
-    "max_position_limit": {i: 4095 - i for i in IDS},
-    "min_position_limit": {i: i for i in IDS},
-    "homing_offset": {i: -100 * i for i in IDS},
-}
-"""Registers whose values differ between servos and between registers, so a reply taken for the wrong
-servo or the wrong request shows as a wrong value."""
-
-
-def distinct_registers(emulator: ServoEmulator) -> None:
-    for name, values in DISTINCT.items():
-        for i, value in values.items():
-            emulator.write_register(i, name, value)
 
 
 def assert_names_its_servo(err: FeetechError) -> None:
@@ -268,22 +254,22 @@ def assert_names_its_servo(err: FeetechError) -> None:
 def test_a_damaged_packet_mid_batch_leaves_the_bus_in_step(emulator: ServoEmulator):
     """The rest of the batch is still on the line when the damaged packet is found: its late replies must
     not be taken for the retry's, nor for the next request's (another register)."""
-    distinct_registers(emulator)
+    distinct = emulator.write_distinct_registers()
     emulator.delay_replies(0.001, between_s=0.004)
     with FeetechBus(emulator.port, timeout=HEALTHY_TIMEOUT, retries=2) as bus:
         emulator.corrupt_next_checksum(3)
-        assert bus.sync_read(IDS, "present_position") == DISTINCT["present_position"]
-        assert bus.sync_read(IDS, "max_position_limit") == DISTINCT["max_position_limit"]
+        assert bus.sync_read(IDS, "present_position") == distinct["present_position"]
+        assert bus.sync_read(IDS, "max_position_limit") == distinct["max_position_limit"]
         assert bus.read(2, "homing_offset") == -200
     sync_reads = [p for p in emulator.received() if p.instruction == Instruction.SYNC_READ]
     assert len(sync_reads) == 3  # the damaged batch, its retry, the next request
 
 
 def test_one_bad_packet_in_ten_never_yields_a_wrong_value(emulator: ServoEmulator):
-    distinct_registers(emulator)
+    distinct = emulator.write_distinct_registers()
     emulator.delay_replies(0.0005, between_s=0.001)
     emulator.damage_at_random(0.1, seed=7)
-    names = list(DISTINCT)
+    names = list(distinct)
     ok, failures = 0, []
     with FeetechBus(emulator.port, timeout=HEALTHY_TIMEOUT, retries=2) as bus:
         for k in range(60):
@@ -293,11 +279,11 @@ def test_one_bad_packet_in_ten_never_yields_a_wrong_value(emulator: ServoEmulato
             except FeetechError as err:
                 failures.append(err)
                 continue
-            assert values == DISTINCT[name], f"read {k} of {name}"
+            assert values == distinct[name], f"read {k} of {name}"
             ok += 1
         for servo_id in IDS:  # single-servo transactions on the same bad line
             try:
-                assert bus.read(servo_id, "present_position") == DISTINCT["present_position"][servo_id]
+                assert bus.read(servo_id, "present_position") == distinct["present_position"][servo_id]
             except FeetechError as err:
                 failures.append(err)
     assert emulator.damaged >= 20  # the line really was bad
