@@ -34,11 +34,11 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness promote --best
 	$(VENV)/bin/robot-center --checkpoint best --benchmark --episodes $(DEMO_CENTER_EPISODES)
 
-# Two workers, one group of tests each at a time (tests/conftest.py: a group is a test file, or the files that
-# share the session's loop night), so module and session fixtures are built once: most of the suite waits on
+# Two workers, one test file each at a time (tests/conftest.py: the files that share the session's loop night
+# go to one worker together), so module and session fixtures are built once: most of the suite waits on
 # subprocesses starting Python and torch, so two at once halve it on 2 cores.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,7 @@ from models.data import build_cache
 from robot.record import record_sim_dataset
 from robot.sim import SimConfig
 from tests.helpers import SMALL_CANVAS
-from tests.night_project import EXPECTED, NIGHT_GROUP, PROPOSALS, make_project, tiny_night
+from tests.night_project import EXPECTED, PROPOSALS, make_project, tiny_night
 
 # Tiny test models run fastest on one thread, and the suite must not fight a training run for two cores.
 torch.set_num_threads(1)
@@ -39,24 +39,37 @@ def _pin_xdist_worker() -> None:
 _pin_xdist_worker()
 
 
-LONG_FIRST = (NIGHT_GROUP, "tests/test_night_process.py")
-"""The groups that take minutes (nights of the loop), started first so that neither worker ends on them."""
+NIGHT_FILES = ("tests/test_loop.py", "tests/test_reports.py")
+"""The test files that read the session's `loop_night`: one xdist worker runs them all, building it once."""
+LONG_FIRST = (*NIGHT_FILES, "tests/test_night_process.py")
+"""The files that take minutes (nights of the loop), started first so that neither worker ends on them."""
 
 
-@pytest.hookimpl(tryfirst=True)
+def test_file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test`'s workers take whole test files (module fixtures are built once, on one worker), and the
+    files that share the session's night together (xdist's own `loadgroup` marks do not group under pytest 9,
+    whose node ids ignore them)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndNight(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "night" if test_file(nodeid) in NIGHT_FILES else test_file(nodeid)
+
+    return ByFileAndNight(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup` every test file is its own group (its module fixtures are built once, on one
-    worker) unless it names one: the files that share the session's night run together. The long groups go
-    first (xdist hands groups out in collection order)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    """The long files first: xdist hands the files out in collection order."""
 
     def rank(item: pytest.Item) -> int:
-        group = item.get_closest_marker("xdist_group").args[0]
-        return LONG_FIRST.index(group) if group in LONG_FIRST else len(LONG_FIRST)
+        file = test_file(item.nodeid)
+        return LONG_FIRST.index(file) if file in LONG_FIRST else len(LONG_FIRST)
 
-    items.sort(key=rank)  # stable: each group keeps its order
+    items.sort(key=rank)  # stable: each file keeps its order
 
 
 EPISODES = 6

@@ -18,9 +18,6 @@ from harness.loop import NightSettings
 from tests.helpers import ROOT
 
 EXPERIMENT = "experiments/dit.toml"
-NIGHT_GROUP = "night"
-"""The xdist group of the test files that read the session's `loop_night` (tests/conftest.py): one worker
-builds the night once for all of them."""
 BASE_CONFIG = """# tiny DiT for the loop tests: a baseline that cannot learn in seconds
 [model]
 kind = "dit"

@@ -28,9 +28,7 @@ from models.data import load_split
 from models.promoted import MANIFEST, PromotedError, load_promoted
 from models.world_model import to_tensor
 from tests.helpers import assert_one_line_error, harness
-from tests.night_project import EXPECTED, EXPERIMENT, KEEP, NIGHT_GROUP
-
-pytestmark = pytest.mark.xdist_group(NIGHT_GROUP)
+from tests.night_project import EXPECTED, EXPERIMENT, KEEP
 
 
 @pytest.fixture
