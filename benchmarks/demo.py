@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from benchmarks.common import Row, print_table, write_section
 NAME = "demo"
 TITLE = "The demo from a fresh clone: `make demo` (2 CPU cores)"
 ROOT = Path(__file__).resolve().parents[1]
-SUCCESS = re.compile(r"[│┃|]\s*(?P<policy>[^│┃|]*?)\s*[│┃|]\s*(?P<done>\d+)/(?P<total>\d+) \(\d+%\)")
+SUCCESS = re.compile(
+    r"[│┃|]\s*(?P<policy>[^│┃|]*?)\s*[│┃|]\s*(?P<done>\d+)/(?P<total>\d+)\s*(?:\(\d+%\))?\s*[│┃|]"
+)
 PROMOTED = re.compile(r"promoted (?P<run>\S+) -> ")
 
 
@@ -36,7 +39,8 @@ def run_demo(clone: Path, budget: str, per_run: str, episodes: int) -> tuple[str
     make = ["make", "demo", f"DEMO_BUDGET={budget}", f"DEMO_PER_RUN={per_run}"]
     make.append(f"DEMO_CENTER_EPISODES={episodes}")
     start = time.monotonic()
-    done = subprocess.run(make, cwd=clone, capture_output=True, text=True)
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps its tables to the terminal's width; keep rows whole
+    done = subprocess.run(make, cwd=clone, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - start
     out = done.stdout + done.stderr
     (clone / "demo.log").write_text(out)
@@ -64,7 +68,9 @@ def rows_of(out: str, seconds: float, clone: Path) -> list[Row]:
     for match in SUCCESS.finditer(out):
         done, total = int(match.group("done")), int(match.group("total"))
         policy = match.group("policy").strip()
-        target = "most" if policy not in ("random", "oracle") else ""
+        if policy not in ("random", "oracle"):
+            policy = "world model (the promoted run)"
+        target = "most" if policy.startswith("world") else ""
         rows.append(Row(f"{policy}: centered", done, f"of {total}", target, "hard starts, same seeds"))
     return rows
 
