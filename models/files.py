@@ -77,6 +77,11 @@ def parse_toml(text: str, source: Path | str, error: type[WorldloopError] = Conf
 
 def read_toml(path: Path, error: type[WorldloopError] = ConfigError) -> dict:
     """A TOML file as a dict; a missing, unreadable or malformed file is `error` with one line naming it."""
+    return read_toml_text(path, error)[1]
+
+
+def read_toml_text(path: Path, error: type[WorldloopError] = ConfigError) -> tuple[str, dict]:
+    """`read_toml`, with the text it parsed (for a caller that edits the file line by line)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -84,4 +89,4 @@ def read_toml(path: Path, error: type[WorldloopError] = ConfigError) -> dict:
         raise error(f"{path}: no such file") from None
     except OSError as err:
         raise error(f"{path}: cannot read it ({err.strerror})") from None
-    return parse_toml(text, path, error)
+    return text, parse_toml(text, path, error)

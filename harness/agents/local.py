@@ -33,7 +33,7 @@ from harness.agents.toml_edit import format_toml_value, set_toml_values
 from harness.ledger import RunRecord, RunStatus
 from models.config import DiTConfig, ExperimentConfig, GPTConfig, TrainConfig
 from models.errors import describe_validation_error
-from models.files import read_toml
+from models.files import read_toml, read_toml_text
 from models.task import TASK_SECTIONS
 
 SPACE_FILE = "experiments/space.toml"
@@ -225,12 +225,11 @@ class _Experiment:
     @classmethod
     def read(cls, workspace: Path, path: str) -> _Experiment:
         file = workspace / path
-        raw = read_toml(file, AgentError)
+        text, raw = read_toml_text(file, AgentError)
         try:
             config = ExperimentConfig.model_validate(raw)
         except ValidationError as err:
             raise AgentError(f"{file}: {describe_validation_error(err)}") from None
-        text = file.read_text()
         return cls(path, text, raw, config)
 
     def values(self, params: tuple[Param, ...]) -> dict[str, Any]:
