@@ -79,7 +79,7 @@ def target_mask(frames: np.ndarray, color: str) -> np.ndarray:
     return nearest & close & (sat >= MIN_SATURATION) & (val >= MIN_VALUE)
 
 
-def _blob_offsets(mask: np.ndarray, near: float) -> float:
+def _blob_offset(mask: np.ndarray, near: float) -> float:
     """The offset of the largest blob in one (H, W) mask whose centroid lies within MAX_SHIFT of `near`
     (any blob when `near` is NaN); NaN when there is none of MIN_PIXELS pixels."""
     count, _, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -106,7 +106,7 @@ def target_offset(frames: np.ndarray, color: str, near: np.ndarray | float | Non
     lead = frames.shape[:-3]
     nears = np.broadcast_to(np.nan if near is None else np.asarray(near, dtype=float), lead).reshape(-1)
     flat = mask.reshape(-1, *mask.shape[-2:])
-    return np.array([_blob_offsets(m, n) for m, n in zip(flat, nears, strict=True)]).reshape(lead)
+    return np.array([_blob_offset(m, n) for m, n in zip(flat, nears, strict=True)]).reshape(lead)
 
 
 def largest_object(frame: np.ndarray) -> str | None:
@@ -126,9 +126,7 @@ class PlannerConfig:
 @dataclass
 class Plan:
     action: int
-    scores: (
-        np.ndarray
-    )  # (3^H,) summed cost (`Planner._cost`) over each sequence's predicted frames, lowest best
+    scores: np.ndarray  # (3^H,) each sequence's summed `Planner._cost`, lowest best
     sequences: np.ndarray  # (3^H, H) action ids
     first: np.ndarray  # (3, H_frame, W_frame, 3) the predicted wrist frame after each first action
     offset_now: float  # the target's offset in the current frame (NaN when out of view)

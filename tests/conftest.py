@@ -45,7 +45,7 @@ LONG_FIRST = (*NIGHT_FILES, "tests/test_night_process.py")
 """The files that take minutes (nights of the loop), started first so that neither worker ends on them."""
 
 
-def test_file(nodeid: str) -> str:
+def file_of(nodeid: str) -> str:
     return nodeid.split("::")[0]
 
 
@@ -57,7 +57,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class ByFileAndNight(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "night" if test_file(nodeid) in NIGHT_FILES else test_file(nodeid)
+            return "night" if file_of(nodeid) in NIGHT_FILES else file_of(nodeid)
 
     return ByFileAndNight(config, log)
 
@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long files first: xdist hands the files out in collection order."""
 
     def rank(item: pytest.Item) -> int:
-        file = test_file(item.nodeid)
+        file = file_of(item.nodeid)
         return LONG_FIRST.index(file) if file in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: each file keeps its order
