@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -19,16 +17,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from harness.forkserver import ForkServer, limit_this_process, server_for
 from harness.ledger import RunStatus
 from harness.secrets import clean_env, redact
 from models.errors import EXIT_NAN
 from models.openmp import DEFAULT_THREADS, WAIT_POLICY
 
 TAIL_LINES = 30
-KILL_WAIT_S = 5.0
-POLL_S = 0.05  # how often the harness looks whether a subprocess ended (it reaps with wait4 for the rusage)
+KILL_WAIT_S = 5.0  # from SIGTERM to SIGKILL
+REAP_WAIT_S = 30.0  # for a killed process to be reaped
+POLL_S = 0.05  # how often the harness looks whether a subprocess ended
 CPU_KILL_MARGIN_S = 5  # past the CPU limit's SIGXCPU, SIGKILL: for a training that ignores SIGXCPU
+FORKSERVER_ENV = "WORLDLOOP_FORKSERVER"
+"""Set to 0 to start every subprocess as a fresh interpreter (Popen) instead of forking it from the fork
+server (harness/forkserver.py): slower by an `import torch` each, and otherwise the same."""
 CPU_LIMIT_REASON = "training used more CPU time than its budget"
 MIN_CPU_ALLOWANCE_S = 30.0  # CPU-s a training may always use outside its budget (see Executor.cpu_limit)
 
@@ -52,16 +56,6 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL me when the harness dies (Linux), so a kill -9 of the harness
-    leaves no orphan training behind to write into a run directory that --resume will reuse."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
     """The cores of `workers` parallel runs: equal shares, in order (2 runs on 2 cores get one each).
 
@@ -77,52 +71,66 @@ def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
     return [list(cores[i * share : (i + 1) * share]) for i in range(workers)]
 
 
-def _child_setup(cores: Sequence[int], cpu_limit_s: float | None) -> Callable[[], None]:
-    """What the child does before exec: die with the harness, run only on its cores (its threads inherit the
-    affinity) and, when given, stop at a CPU-time limit: SIGXCPU at the limit, SIGKILL a little later."""
+class _Child(Protocol):
+    """A started subprocess: its pid (also its process group) and a way to learn how it ended."""
 
-    def setup() -> None:
-        _die_with_parent()
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-        if cpu_limit_s is not None:
-            soft, hard = math.ceil(cpu_limit_s), math.ceil(cpu_limit_s) + CPU_KILL_MARGIN_S
-            if (ceiling := resource.getrlimit(resource.RLIMIT_CPU)[1]) != resource.RLIM_INFINITY:
-                soft, hard = min(soft, ceiling), min(hard, ceiling)  # a process cannot raise its hard limit
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-            # SIGXCPU's default action dumps core: not into the agent's worktree
-            resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    pid: int
 
-    return setup
+    def poll(self, timeout_s: float = 0.0) -> tuple[int, float | None] | None:
+        """(exit code, CPU seconds) once it has ended, else None after waiting up to `timeout_s`."""
+        ...
 
 
-def _reap(proc: subprocess.Popen, block: bool = False) -> float | None:
-    """Collect the child if it ended (with wait4, which Popen does not use) and set its returncode; its CPU
-    seconds (user + system, all its threads and the children it waited for), or None while it runs."""
-    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
-    if pid == 0:
-        return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_utime + usage.ru_stime
+@dataclass
+class _PopenChild:
+    """A subprocess started by Popen: reaped here with wait4, which Popen does not use, for its rusage."""
+
+    proc: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self, timeout_s: float = 0.0) -> tuple[int, float | None] | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already (by Popen's own bookkeeping)
+                return self.proc.returncode if self.proc.returncode is not None else -signal.SIGKILL, None
+            if pid:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                return self.proc.returncode, usage.ru_utime + usage.ru_stime
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
 
-def _kill_group(proc: subprocess.Popen) -> float | None:
-    """SIGTERM the process group, then SIGKILL what is left: no training outlives its timeout. Returns the
-    CPU seconds of the reaped child."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+@dataclass
+class _ForkedChild:
+    """A subprocess forked by the fork server, which reaps it and reports its end."""
+
+    server: ForkServer
+    pid: int
+
+    def poll(self, timeout_s: float = 0.0) -> tuple[int, float | None] | None:
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + KILL_WAIT_S
-        while sig == signal.SIGTERM and time.monotonic() < deadline:
-            if (cpu_s := _reap(proc)) is not None:
-                return cpu_s
-            time.sleep(POLL_S)
-    try:
-        return _reap(proc, block=True) if proc.returncode is None else None
-    except ChildProcessError:  # reaped already
-        return None
+            return self.server.poll(self.pid, timeout_s)
+        except OSError:  # the server died, and the kernel killed its forks with it (PR_SET_PDEATHSIG)
+            return -signal.SIGKILL, None
+
+
+def _kill_group(child: _Child) -> tuple[int, float | None]:
+    """SIGTERM the process group, then SIGKILL what is left: no training outlives its timeout. Returns how
+    the child ended: its exit code and CPU seconds."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_WAIT_S), (signal.SIGKILL, REAP_WAIT_S)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:  # the group is gone; the child ended (and may wait to be reaped)
+            wait_s = REAP_WAIT_S
+        if (ended := child.poll(wait_s)) is not None:
+            return ended
+    return -signal.SIGKILL, None
 
 
 class Executor:
@@ -159,9 +167,46 @@ class Executor:
         self.threads = min(threads, len(self.cores))
 
     def thread_env(self) -> dict[str, str]:
-        """The subprocesses' thread settings: `threads` of them, waiting as WAIT_POLICY says."""
+        """The subprocesses' thread settings: `threads` of them (torch's and numpy's BLAS), waiting as
+        WAIT_POLICY says. With one thread the fork server has no thread but its main one when it forks."""
         threads = str(self.threads)
-        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **WAIT_POLICY}
+        names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        return {**dict.fromkeys(names, threads), **WAIT_POLICY}
+
+    def _env(self) -> dict[str, str]:
+        """The subprocesses' environment, without their PYTHONPATH: no secrets, the thread settings."""
+        env = clean_env({"PYTHONUNBUFFERED": "1", **self.thread_env()})
+        env.pop("OMP_WAIT_POLICY", None)  # WAIT_POLICY decides how threads wait, not the harness's env
+        return env
+
+    def _start(self, args: list[str], log: Path, cpu_limit_s: float | None) -> _Child:
+        """`python -m ARGS` in the worktree on this executor's cores, in a process group of its own (a
+        timeout kills every child too): forked from the fork server, or a fresh interpreter when
+        FORKSERVER_ENV says 0."""
+        env = {**self._env(), "PYTHONPATH": str(self.worktree)}
+        if os.environ.get(FORKSERVER_ENV, "1") != "0":
+            try:
+                server = server_for(self.python, self._env())
+                margin = CPU_KILL_MARGIN_S
+                pid = server.spawn(
+                    args[0], args[1:], str(self.worktree), env, str(log), self.cores, cpu_limit_s, margin
+                )
+                return _ForkedChild(server, pid)
+            except OSError as err:  # no server (it would not start, or died): a fresh interpreter does it
+                print(f"warning: the fork server failed ({err}); starting {args[0]} as a fresh interpreter")
+        with open(log, "w") as out:
+            return _PopenChild(
+                subprocess.Popen(
+                    [self.python, "-m", *args],
+                    cwd=self.worktree,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=lambda: limit_this_process(self.cores, cpu_limit_s, CPU_KILL_MARGIN_S),
+                )
+            )
 
     def _run(
         self, what: str, args: list[str], log: Path, timeout_s: float, cpu_limit_s: float | None = None
@@ -169,44 +214,30 @@ class Executor:
         """`python -m ARGS` on this executor's cores, killed past `timeout_s` of wall time or (SIGXCPU, from
         the kernel) past `cpu_limit_s` of CPU time; its CPU time comes back in `cpu_s`."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        command = [self.python, "-m", *args]
-        env = clean_env({"PYTHONPATH": str(self.worktree), "PYTHONUNBUFFERED": "1", **self.thread_env()})
-        env.pop("OMP_WAIT_POLICY", None)  # WAIT_POLICY decides how threads wait, not the harness's env
         start = time.monotonic()
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                command,
-                cwd=self.worktree,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # its own process group: a timeout kills every child too
-                preexec_fn=_child_setup(self.cores, cpu_limit_s),
-            )
-            try:
-                next_tick = 1.0
-                while (cpu_s := _reap(proc)) is None:
-                    elapsed = time.monotonic() - start
-                    if elapsed >= timeout_s:
-                        cpu_s = _kill_group(proc)
-                        return StepResult(
-                            False,
-                            time.monotonic() - start,
-                            RunStatus.TIMEOUT,
-                            f"{what} passed its hard timeout of {timeout_s:.0f}s and was killed",
-                            redact(log_tail(log)),
-                            cpu_s,
-                        )
-                    if self.on_tick and elapsed >= next_tick:
-                        self.on_tick(what, elapsed)
-                        next_tick = elapsed + 1.0
-                    time.sleep(min(POLL_S, timeout_s - elapsed))
-            except BaseException:  # Ctrl-C or anything else: never leave a training behind
-                _kill_group(proc)
-                raise
+        child = self._start(args, log, cpu_limit_s)
+        try:
+            next_tick = 1.0
+            while (ended := child.poll(POLL_S)) is None:
+                elapsed = time.monotonic() - start
+                if elapsed >= timeout_s:
+                    _, cpu_s = _kill_group(child)
+                    return StepResult(
+                        False,
+                        time.monotonic() - start,
+                        RunStatus.TIMEOUT,
+                        f"{what} passed its hard timeout of {timeout_s:.0f}s and was killed",
+                        redact(log_tail(log)),
+                        cpu_s,
+                    )
+                if self.on_tick and elapsed >= next_tick:
+                    self.on_tick(what, elapsed)
+                    next_tick = elapsed + 1.0
+        except BaseException:  # Ctrl-C or anything else: never leave a training behind
+            _kill_group(child)
+            raise
+        code, cpu_s = ended
         seconds = time.monotonic() - start
-        code = proc.returncode
         if code == 0:
             return StepResult(True, seconds, cpu_s=cpu_s)
         tail = redact(log_tail(log))

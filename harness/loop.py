@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from harness.ledger import (
 )
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
+from harness.secrets import RedactingStream
 from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
 from models.files import read_toml
@@ -215,7 +217,7 @@ class Night:
     def __init__(self, settings: NightSettings, agent: Agent, console: Console | None = None) -> None:
         self.settings = settings
         self.agent = agent
-        self.console = console or Console()
+        self.console = console or Console(file=RedactingStream(sys.stdout))
         self.paths = NightPaths(Path(settings.root).resolve(), settings.tag)
         self.ledger = Ledger(self.paths)
         self.info: NightInfo | None = None

@@ -74,6 +74,27 @@ def _cell(ax: plt.Axes, image: np.ndarray, title: str = "", **imshow: object) ->
     return shown
 
 
+def _place_grid(
+    fig: plt.Figure, title: str, rows: int, columns: int, right: float, left: float = 0.45, top: float = 0.6
+) -> None:
+    """The figure's title, and margins and gaps in inches for its grid of titled image cells: room for the
+    row labels (`left`), the title and the first row's two-line titles (`top`), each later row's titles
+    between the rows. What tight_layout finds for these fixed text sizes, at a third of the drawing time."""
+    bottom, column_gap, row_gap = 0.08, 0.08, 0.32
+    width, height = fig.get_size_inches()
+    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
+    cell_width = (width - left - right - column_gap * (columns - 1)) / columns
+    cell_height = (height - top - bottom - row_gap * (rows - 1)) / rows
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=column_gap / cell_width,
+        hspace=row_gap / cell_height,
+    )
+
+
 def _frame(ax: plt.Axes, color: str, width: float = 2.5) -> None:
     for spine in ax.spines.values():
         spine.set_edgecolor(color)
@@ -141,8 +162,8 @@ def counterfactual_grid(
             _cell(ax, pred, f"{name}{mark}\nmse {_mse(pred, truth):.4f}")
             if a == true_action:
                 _frame(ax, colors[name])
-    fig.suptitle("what the model predicts under each action (framed: the action really taken)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    title = "what the model predicts under each action (framed: the action really taken)"
+    _place_grid(fig, title, rows, len(ratios), right=0.1)
     return save_figure(fig, out, dpi=110)
 
 
@@ -176,8 +197,8 @@ def error_heatmaps(
         image = _cell(axes[r, 2], _abs_error(pred, truth), title, **heat)
         title = f"copy last frame |error|\nmse {_mse(copy[r], truth):.4f}"
         _cell(axes[r, 3], _abs_error(copy[r], truth), title, **heat)
-    fig.suptitle("per-pixel error under the true action, beside the copy-last-frame baseline", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.985))
+    title = "per-pixel error under the true action, beside the copy-last-frame baseline"
+    _place_grid(fig, title, rows, 4, right=0.1 * fig.get_figwidth())
     bar = fig.add_axes((0.92, 0.3, 0.015, 0.4))
     fig.colorbar(image, cax=bar).ax.tick_params(labelsize=6)
     return save_figure(fig, out, dpi=110)

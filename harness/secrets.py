@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TextIO
 
 SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|SECRET|PASSWORD|AUTH)", re.IGNORECASE)
 """Environment variables treated as secrets: ANTHROPIC_API_KEY, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY..."""
@@ -37,3 +38,19 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not SECRET_NAME.search(k)}
     env.update(extra or {})
     return env
+
+
+class RedactingStream:
+    """A text stream (stdout) whose every write passes through `redact`: what the night prints, an agent's
+    hypothesis included, is often kept as a log (`harness run ... > night.log`). Everything else, isatty
+    and fileno among it, is the wrapped stream's, so rich still sees a terminal when there is one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)

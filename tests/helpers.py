@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,20 @@ def agent_context(
         "rules": LOOP_RULES,
     }
     return AgentContext(**(values | fields))
+
+
+def processes_using(directory: Path) -> list[int]:
+    """The processes with a file under `directory` open (a training writing its log there), from /proc: a
+    forked training's command line is the fork server's, so its name says nothing."""
+    inside = str(Path(directory).resolve()) + "/"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(target.startswith(inside) for target in targets):
+            found.append(int(proc.name))
+    return found

@@ -27,7 +27,16 @@ def metrics_of(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def test_a_run_pinned_to_one_core_trains_one_thread_for_its_cpu_budget(small_cache: Path, tmp_path: Path):
+@pytest.fixture(params=["forked", "fresh"])
+def spawning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the executor starts a subprocess: forked from the fork server, or a fresh interpreter."""
+    monkeypatch.setenv(executor_module.FORKSERVER_ENV, "1" if request.param == "forked" else "0")
+    return request.param
+
+
+def test_a_run_pinned_to_one_core_trains_one_thread_for_its_cpu_budget(
+    small_cache: Path, tmp_path: Path, spawning: str
+):
     config = write_config(tmp_path / "tiny.toml", small_cache)
     executor = Executor(ROOT, small_cache, cores=ONE_CORE)
     budget = 2.0
@@ -98,7 +107,7 @@ def test_cpu_limit_kills_a_runaway_training_with_the_reason(burner: Path, tmp_pa
 
 
 def test_a_training_deaf_to_sigxcpu_is_killed_a_margin_later(
-    burner: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    burner: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawning: str
 ):
     monkeypatch.setattr(executor_module, "CPU_KILL_MARGIN_S", 1)
     executor = Executor(burner, tmp_path, cores=ONE_CORE)

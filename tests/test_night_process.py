@@ -1,6 +1,7 @@
 """The loop as a process: kill -9 and resume (in the middle of a confirmation), Ctrl-C, the budget kept,
-no API key in any file, an anthropic night over HTTP, a failing baseline, a failed proposal's spend, the CLI's
-one-line errors. Real `harness run` subprocesses on the tiny project of tests/night_project.py.
+an anthropic night over HTTP that leaves its API key in no file, a failing baseline, a failed proposal's
+spend, the CLI's one-line errors. Real `harness run` subprocesses on the tiny project of
+tests/night_project.py.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import time
 from pathlib import Path
 
 import git
-import pytest
 
-from harness.agents.anthropic_agent import AnthropicAgent
-from harness.agents.base import Agent, AgentContext, AgentError, Proposal
+from harness.agents.base import Agent, AgentContext, AgentError, FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, write_replay
 from harness.ledger import Ledger, NightInfo, PendingRun, RunningState, RunStatus, TokenUse
 from harness.loop import Night, trial_seed
 from harness.paths import NightPaths, run_id_for
 from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
-from tests.helpers import ROOT, assert_one_line_error, harness
+from tests.helpers import ROOT, assert_one_line_error, harness, processes_using
 from tests.night_project import (
     BASE_CONFIG,
     EXPERIMENT,
@@ -127,97 +126,59 @@ def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
     assert elapsed <= budget + grace
 
 
-def test_the_api_key_reaches_no_file(small_cache: Path, tmp_path: Path):
+def test_an_anthropic_night_over_http_leaves_the_api_key_in_no_file(small_cache: Path, tmp_path: Path):
+    """`harness run --agent anthropic` against the fake Messages API with a canary key: a proposal comes
+    after an overloaded (529) reply; the agent writes the key into a hypothesis, and a training prints its
+    environment. The key reaches no training, file, commit or line of output."""
     canary = "sk-ant-canary-" + os.urandom(8).hex()
     root = make_project(tmp_path / "project")
-    leak = "\n".join(
-        [
-            "import os",
-            "print(dict(os.environ))",
-            "raise RuntimeError(os.environ.get('ANTHROPIC_API_KEY', 'no key'))",
-        ]
+    leak = (
+        "import os\nprint(dict(os.environ))\nraise RuntimeError(os.environ.get('ANTHROPIC_API_KEY', 'none'))"
     )
-    proposals = [
-        Proposal(
-            hypothesis=f"leak {canary} in the hypothesis",
-            edits=[config_edit("lr = 1e-30", "lr = 2e-30")],  # learns nothing either: discarded
-        ),
-        Proposal(hypothesis="print the environment", edits=[loss_edit(leak)]),
-    ]
-    replay = write_replay(tmp_path / "p.jsonl", proposals)
-    proc = run_harness(
-        "--root",
-        str(root),
-        "--tag",
-        "s",
-        "--budget",
-        "10m",
-        "--per-run",
-        "2s",
-        "--agent",
-        "replay",
-        "--replay",
-        str(replay),
-        "--dataset",
-        str(small_cache),
-        "--eval-samples",
-        "32",
-        "--max-runs",
-        "3",
-        "--baseline-seeds",
-        "1",
-        env={"ANTHROPIC_API_KEY": canary},
-    )
-    out, _ = proc.communicate(timeout=300)
+
+    def propose(hypothesis: str, edit: FileEdit) -> dict:
+        return tool_use_block(
+            "propose", {"hypothesis": hypothesis, "edits": [edit.model_dump(exclude_none=True)]}
+        )
+
+    with FakeMessagesAPI() as api:
+        api.enqueue(
+            message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0)),
+            overloaded(),
+            message(  # learns nothing either: discarded
+                [propose(f"leak {canary} in the hypothesis", config_edit("lr = 1e-30", "lr = 2e-30"))],
+                usage_=usage(300, 120, 0, 3000),
+            ),
+            message([propose("print the environment", loss_edit(leak))], usage_=usage(400, 80, 0, 3000)),
+        )
+        proc = run_harness(
+            *("--root", str(root), "--tag", "a", "--budget", "10m", "--per-run", "2s", "--grace", "15s"),
+            *("--agent", "anthropic", "--model", "claude-sonnet-5-5", "--dataset", str(small_cache)),
+            *("--eval-samples", "32", "--max-runs", "3", "--baseline-seeds", "1"),
+            env={"ANTHROPIC_API_KEY": canary, "ANTHROPIC_BASE_URL": api.url},
+        )
+        out, _ = proc.communicate(timeout=300)
+        requests = api.message_requests()
     assert proc.returncode == 0, out
-    records = Ledger(NightPaths(root, "s")).read()
+    records = Ledger(NightPaths(root, "a")).read()
     assert [r.status.value for r in records] == ["keep", "discard", "crash"]
-    assert "no key" in records[2].error_tail  # the training process never had the key
+    run = records[1]
+    assert run.tokens.input_tokens == 2300 and run.tokens.output_tokens == 170 and run.tokens.cost_usd > 0
+    assert len(requests) == 4  # the 529 was retried
+    system = requests[0]["system"]
+    assert "LOOP.md" in system[0]["text"] and system[0]["cache_control"] == {"type": "ephemeral"}
+    assert "# The night so far" in requests[0]["messages"][0]["content"][0]["text"]
+    assert "RuntimeError: none" in records[2].error_tail  # the training process never had the key
+    assert canary not in out
     for path in root.rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
     history = git.Repo(root).git.log("--all", "-p")
     assert canary not in history and "[redacted]" in history
-
-
-def test_an_anthropic_night_against_the_fake_messages_api(
-    small_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """Baseline, then one agent run whose proposal comes over HTTP after an overloaded (529) reply."""
-    canary = "sk-ant-canary-" + os.urandom(8).hex()
-    root = make_project(tmp_path / "project")
-    propose = tool_use_block(
-        "propose",
-        {
-            "hypothesis": "a twice larger learning rate",
-            "edits": [{"path": EXPERIMENT, "search": "lr = 1e-30", "replace": "lr = 2e-30"}],
-        },
-    )
-    with FakeMessagesAPI() as api:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
-        api.enqueue(
-            message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0)),
-            overloaded(),
-            message([propose], usage_=usage(300, 120, 0, 3000)),
-        )
-        settings = tiny_night(root, "a", small_cache, max_runs=2, baseline_seeds=1)
-        agent = AnthropicAgent(model="claude-sonnet-5-5", max_retries=2)
-        Night(settings, agent).run()
-        requests = api.message_requests()
-    records = Ledger(NightPaths(root, "a")).read()
-    assert [r.status.value for r in records] == ["keep", "discard"]
-    run = records[1]
-    assert run.tokens.input_tokens == 2300 and run.tokens.output_tokens == 170 and run.tokens.cost_usd > 0
-    assert len(requests) == 3  # the 529 was retried
-    system = requests[0]["system"]
-    assert "LOOP.md" in system[0]["text"] and system[0]["cache_control"] == {"type": "ephemeral"}
-    assert "# The night so far" in requests[0]["messages"][0]["content"][0]["text"]
-    for path in root.rglob("*"):
-        if path.is_file():
-            assert canary.encode() not in path.read_bytes(), f"{path} holds the key"
-    summary = (root / "reports/summary.md").read_text()
-    assert f"**${run.tokens.cost_usd:.2f}**" in summary  # the night's API cost, at a glance
+    cost = sum(r.tokens.cost_usd for r in records)
+    assert (
+        f"**${cost:.2f}**" in (root / "reports/summary.md").read_text()
+    )  # the night's API cost, at a glance
 
 
 def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
@@ -259,6 +220,7 @@ def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: 
     paths = NightPaths(root, "c")
     proc = run_harness(*args)
     wait_for(lambda: paths.current.exists() and '"phase": "train"' in paths.current.read_text())
+    wait_for(lambda: processes_using(paths.run_dir("c-000")))  # the training, writing its log
     proc.send_signal(signal.SIGINT)  # the harness only, as a terminal's Ctrl-C reaches it
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -266,8 +228,7 @@ def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: 
     info = NightInfo.read(paths)
     assert info.end_reason == "interrupted (Ctrl-C)" and info.finished_at is None
     assert Ledger(paths).read() == [] and not paths.current.exists()
-    training = subprocess.run(["pgrep", "-f", str(paths.run_dir("c-000"))], capture_output=True, text=True)
-    assert training.stdout.strip() == ""  # the training it had started is gone
+    assert processes_using(paths.run_dir("c-000")) == []  # the training it had started is gone
 
 
 class Failing(Agent):
