@@ -7,6 +7,7 @@ exception, so the night goes on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -165,6 +166,13 @@ class Executor:
         if threads < 1:
             raise ValueError(f"a run needs at least one thread, got {threads}")
         self.threads = min(threads, len(self.cores))
+        if self._forking():
+            with contextlib.suppress(OSError):  # a server that cannot start is reported at the first run
+                server_for(self.python, self._env())  # its imports overlap what the caller does before it
+
+    @staticmethod
+    def _forking() -> bool:
+        return os.environ.get(FORKSERVER_ENV, "1") != "0"
 
     def thread_env(self) -> dict[str, str]:
         """The subprocesses' thread settings: `threads` of them (torch's and numpy's BLAS), waiting as
@@ -184,7 +192,7 @@ class Executor:
         timeout kills every child too): forked from the fork server, or a fresh interpreter when
         FORKSERVER_ENV says 0."""
         env = {**self._env(), "PYTHONPATH": str(self.worktree)}
-        if os.environ.get(FORKSERVER_ENV, "1") != "0":
+        if self._forking():
             try:
                 server = server_for(self.python, self._env())
                 margin = CPU_KILL_MARGIN_S

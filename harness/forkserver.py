@@ -216,9 +216,13 @@ class ForkServer:
     """
 
     def __init__(self, python: str, env: dict[str, str], start_timeout_s: float = 120.0) -> None:
+        """Starts the server and returns at once: its imports overlap the caller's own work until the first
+        `spawn`, which waits up to `start_timeout_s` for it to be ready."""
         self._lock = threading.Lock()
         self._exits: dict[int, tuple[int, float]] = {}
         self._pending = b""
+        self._ready = False
+        self.start_timeout_s = start_timeout_s
         self.process = subprocess.Popen(
             [python, os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
@@ -227,10 +231,15 @@ class ForkServer:
             cwd="/",
             start_new_session=True,  # the terminal's Ctrl-C goes to the harness alone
         )
-        ready = self._next_event(start_timeout_s)
+
+    def _wait_ready(self) -> None:
+        if self._ready:
+            return
+        ready = self._next_event(self.start_timeout_s)
         if ready is None or ready.get("event") != READY:
             self.close()
-            raise OSError(f"the fork server did not start within {start_timeout_s:.0f}s")
+            raise OSError(f"the fork server did not start within {self.start_timeout_s:.0f}s")
+        self._ready = True
 
     def _next_event(self, timeout_s: float | None) -> dict | None:
         """The next line from the server (waiting at most `timeout_s`; None: none came, or the server is
@@ -275,6 +284,7 @@ class ForkServer:
             "cpu_kill_margin_s": cpu_kill_margin_s,
         }
         with self._lock:
+            self._wait_ready()
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
             while (event := self._next_event(60.0)) is not None:

@@ -74,7 +74,7 @@ def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_t
     root = make_project(tmp_path / "project")
     proposals = [PROPOSALS[KEEP - 1]]
     replay = write_replay(tmp_path / "p.jsonl", proposals)
-    args = replay_night_args(root, "k", replay, small_cache, per_run="3s")
+    args = replay_night_args(root, "k", replay, small_cache, per_run="1.5s")
     paths = NightPaths(root, "k")
     proc = run_harness(*args, "--max-runs", "2")
 
