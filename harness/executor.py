@@ -25,6 +25,7 @@ from harness.ledger import RunStatus
 from harness.secrets import clean_env, redact
 from models.errors import EXIT_NAN
 from models.openmp import DEFAULT_THREADS, WAIT_POLICY
+from models.predictor import ATTACHED_ENV
 
 TAIL_LINES = 30
 KILL_WAIT_S = 5.0  # from SIGTERM to SIGKILL
@@ -187,17 +188,36 @@ class Executor:
         env.pop("OMP_WAIT_POLICY", None)  # WAIT_POLICY decides how threads wait, not the harness's env
         return env
 
-    def _start(self, args: list[str], log: Path, cpu_limit_s: float | None) -> _Child:
+    def _start(
+        self,
+        args: list[str],
+        log: Path,
+        cpu_limit_s: float | None,
+        predictor: tuple[Path, Path] | None = None,
+    ) -> _Child:
         """`python -m ARGS` in the worktree on this executor's cores, in a process group of its own (a
         timeout kills every child too): forked from the fork server, or a fresh interpreter when
-        FORKSERVER_ENV says 0."""
+        FORKSERVER_ENV says 0. `predictor`: for the judge, (run directory, tree) of the predictor
+        (`models.serve` in that tree) the server forks beside it, so that the judge need not start one
+        (models/predictor.ATTACHED_ENV)."""
         env = {**self._env(), "PYTHONPATH": str(self.worktree)}
         if self._forking():
+            companion = None
+            if predictor is not None:
+                run_dir, root = (str(path.resolve()) for path in predictor)
+                companion = {
+                    "module": "models.serve",
+                    "args": [run_dir, "--device", "cpu"],  # the judge's default device, which we use
+                    "cwd": root,
+                    "env": {**self._env(), "PYTHONPATH": root},
+                    "announce_env": ATTACHED_ENV,
+                }
             try:
                 server = server_for(self.python, self._env())
                 margin = CPU_KILL_MARGIN_S
+                cwd = str(self.worktree)
                 pid = server.spawn(
-                    args[0], args[1:], str(self.worktree), env, str(log), self.cores, cpu_limit_s, margin
+                    args[0], args[1:], cwd, env, str(log), self.cores, cpu_limit_s, margin, companion
                 )
                 return _ForkedChild(server, pid)
             except OSError as err:  # no server (it would not start, or died): a fresh interpreter does it
@@ -217,13 +237,19 @@ class Executor:
             )
 
     def _run(
-        self, what: str, args: list[str], log: Path, timeout_s: float, cpu_limit_s: float | None = None
+        self,
+        what: str,
+        args: list[str],
+        log: Path,
+        timeout_s: float,
+        cpu_limit_s: float | None = None,
+        predictor: tuple[Path, Path] | None = None,
     ) -> StepResult:
         """`python -m ARGS` on this executor's cores, killed past `timeout_s` of wall time or (SIGXCPU, from
         the kernel) past `cpu_limit_s` of CPU time; its CPU time comes back in `cpu_s`."""
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        child = self._start(args, log, cpu_limit_s)
+        child = self._start(args, log, cpu_limit_s, predictor)
         try:
             next_tick = 1.0
             while (ended := child.poll(POLL_S)) is None:
@@ -346,7 +372,9 @@ class Executor:
         judge.worktree = root  # `_run` runs `python -m` in the executor's tree: here, the judge's
         metrics_file = run_dir / f"eval_{split}.json"
         metrics_file.unlink(missing_ok=True)
-        result = judge._run(f"evaluation on {split}", args, run_dir / f"eval_{split}.log", timeout_s)
+        log = run_dir / f"eval_{split}.log"
+        predictor = (Path(run_dir), self.worktree)
+        result = judge._run(f"evaluation on {split}", args, log, timeout_s, predictor=predictor)
         if not result.ok:
             return result, None
         try:

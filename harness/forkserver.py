@@ -86,8 +86,9 @@ def _exit_code(exit: SystemExit) -> int:
 
 def _become(request: dict, base_path: list[str]) -> int:
     """In the forked child: become `python -m request["module"] *request["args"]` as the request says, run
-    it, and return its exit code. Mirrors what a fresh interpreter does at start and at exit. Replacing
-    fds 0 and 1 first cuts the child off the server's pipes: it cannot forge the report of its own end."""
+    it, and return its exit code. Replacing fds 0 and 1 first cuts the child off the server's pipes: it
+    cannot forge the report of its own end. A request's `companion` is forked from here first (see
+    `_start_companion`)."""
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for target in (1, 2):
         os.dup2(log, target)
@@ -95,7 +96,50 @@ def _become(request: dict, base_path: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    env = request["env"]
+    companion = request.get("companion")
+    attached = _start_companion(companion, request["cores"], base_path) if companion else None
+    _enter(request, base_path)
+    if attached is not None:
+        os.environ[companion["announce_env"]] = json.dumps(attached)
+    return _run_module(request["module"])
+
+
+def _start_companion(spec: dict, cores: Sequence[int], base_path: list[str]) -> dict:
+    """Fork the request's companion, `python -m spec["module"] *spec["args"]` in its own tree, talking to
+    this process over two pipes on its stdin and stdout: the judge's predictor. It is forked here, while
+    this process is still the server's pristine image, so it imports its own tree's code without an
+    `import torch` of its own; and it is this process's child, so the judge waits for it and reads its exit
+    code as it would a predictor it had started itself. Its stderr is the log's. Returns what the main
+    module finds in `spec["announce_env"]`: the companion's pid, its pipes and what it runs."""
+    to_companion, from_companion = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(to_companion[0], 0)
+            os.dup2(from_companion[1], 1)
+            for fd in (*to_companion, *from_companion):
+                os.close(fd)
+            limit_this_process(cores, None, 0)  # dies with the judge
+            _enter(spec, base_path)
+            code = _run_module(spec["module"])
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(to_companion[0])
+    os.close(from_companion[1])
+    os.set_inheritable(to_companion[1], False)
+    os.set_inheritable(from_companion[0], False)
+    keys = ("module", "args", "cwd")
+    return {"pid": pid, "stdin": to_companion[1], "stdout": from_companion[0], **{k: spec[k] for k in keys}}
+
+
+def _enter(spec: dict, base_path: list[str]) -> None:
+    """Set up the interpreter as `python -m` would for `spec`: Python's stdio on fds 0-2, its directory,
+    environment, import path, thread count, argv, and the name ps shows."""
+    env = spec["env"]
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(
@@ -104,31 +148,34 @@ def _become(request: dict, base_path: list[str]) -> int:
     sys.stderr = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True, write_through=True
     )
-    os.chdir(request["cwd"])
+    os.chdir(spec["cwd"])
     os.environ.clear()
     os.environ.update(env)
     extra = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    sys.path[:] = [request["cwd"], *extra, *base_path]
+    sys.path[:] = [spec["cwd"], *extra, *base_path]
     if "torch" in sys.modules and env.get("OMP_NUM_THREADS", "").isdigit():
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))  # as a fresh import reads it
-    sys.argv = [request["module"], *request["args"]]
+    sys.argv = [spec["module"], *spec["args"]]
     if sys.platform.startswith("linux"):  # what ps and top show (a fork's command line is the server's)
         PR_SET_NAME = 15
-        _prctl(PR_SET_NAME, request["module"].encode()[:15])
+        _prctl(PR_SET_NAME, spec["module"].encode()[:15])
+
+
+def _run_module(module: str) -> int:
+    """Run `module` as __main__ and return the exit code a fresh interpreter would have (at-exit handlers
+    run, output flushed)."""
     try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit:
         code = _exit_code(exit)
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
+    with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
-    except BaseException:
-        pass
     return code
 
 
@@ -270,9 +317,13 @@ class ForkServer:
         cores: Sequence[int],
         cpu_limit_s: float | None,
         cpu_kill_margin_s: float,
+        companion: dict | None = None,
     ) -> int:
         """Fork `python -m module *args` in `cwd` on `cores`, its output in `log`, stopped past `cpu_limit_s`
-        CPU-seconds (SIGKILL `cpu_kill_margin_s` later); its pid, which is also its process group."""
+        CPU-seconds (SIGKILL `cpu_kill_margin_s` later); its pid, which is also its process group.
+
+        `companion`: {"module", "args", "cwd", "env", "announce_env"}, a second module forked for this one
+        to talk to (see `_start_companion`), in its process group."""
         request = {
             "module": module,
             "args": list(args),
@@ -282,6 +333,7 @@ class ForkServer:
             "cores": list(cores),
             "cpu_limit_s": cpu_limit_s,
             "cpu_kill_margin_s": cpu_kill_margin_s,
+            "companion": companion,
         }
         with self._lock:
             self._wait_ready()

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -218,6 +219,61 @@ def _wait(fd: int, deadline: float | None, write: bool) -> None:
 # ---------------------------------------------------------------------------------- the predictor process
 
 
+ATTACHED_ENV = "WORLDLOOP_PREDICTOR"
+"""Where the harness's fork server (harness/forkserver.py) tells a judge it started about the predictor it
+forked beside it: its pid (the judge's child), its pipes and what it runs. A judge whose predictor would be
+exactly that takes it over instead of starting another (saving an interpreter's start, `import torch`
+included); any other is ended."""
+
+
+class _AttachedProcess:
+    """A predictor this process did not start with Popen but is the parent of (forked beside the judge), with
+    the part of Popen's interface PredictorProcess uses."""
+
+    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
+        self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("models.serve", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def _attached_predictor(args: list[str], root: Path) -> _AttachedProcess | None:
+    """The predictor announced in ATTACHED_ENV if it runs `models.serve ARGS` in `root`, else None (an
+    announced one that does not is ended). Taken once: the variable is removed."""
+    announced = os.environ.pop(ATTACHED_ENV, None)
+    if not announced:
+        return None
+    info = json.loads(announced)
+    process = _AttachedProcess(info["pid"], info["stdin"], info["stdout"])
+    if (info["module"], info["args"], Path(info["cwd"]).resolve()) == ("models.serve", args, root):
+        return process
+    process.kill()
+    process.wait()
+    process.stdin.close()
+    process.stdout.close()
+    return None
+
+
 class PredictorProcess:
     """A run's model served by `python -m models.serve RUN_DIR` in `root` (cwd and PYTHONPATH), so the
     model's code is that tree's, in a process the judge only exchanges pixels with.
@@ -237,11 +293,14 @@ class PredictorProcess:
         self.timeout_s = timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         root = Path(root).resolve()
-        command = [python, "-m", "models.serve", str(Path(run_dir).resolve()), "--device", device]
-        env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
-        )
+        args = [str(Path(run_dir).resolve()), "--device", device]
+        self.process = _attached_predictor(args, root)
+        if self.process is None:
+            command = [python, "-m", "models.serve", *args]
+            env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+            self.process = subprocess.Popen(
+                command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+            )
         os.set_blocking(self.process.stdin.fileno(), False)  # a write waits for the deadline, not forever
         self.channel = Channel(self.process.stdout.fileno(), self.process.stdin.fileno())
         self._hello: dict | None = None

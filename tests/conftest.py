@@ -41,8 +41,16 @@ _pin_xdist_worker()
 
 NIGHT_FILES = ("tests/test_loop.py", "tests/test_reports.py")
 """The test files that read the session's `loop_night`: one xdist worker runs them all, building it once."""
-LONG_FIRST = (*NIGHT_FILES, "tests/test_night_process.py")
-"""The files that take minutes (nights of the loop), started first so that neither worker ends on them."""
+LONG_FIRST = (
+    *NIGHT_FILES,
+    "tests/test_night_process.py",
+    "tests/test_center.py",
+    "tests/test_train.py",
+    "tests/test_budget.py",
+    "tests/test_judge_isolation.py",
+)
+"""The files that take longest (nights of the loop first, then those that train and judge), longest first:
+xdist hands the files out in this order, so neither worker ends on a long one while the other idles."""
 
 
 def file_of(nodeid: str) -> str:
@@ -59,11 +67,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         def _split_scope(self, nodeid: str) -> str:
             return "night" if file_of(nodeid) in NIGHT_FILES else file_of(nodeid)
 
+    config.option.loadscopereorder = False  # xdist would order the files by their number of tests instead
     return ByFileAndNight(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long files first: xdist hands the files out in collection order."""
+    """The long files first (LONG_FIRST): xdist hands the files out in collection order."""
 
     def rank(item: pytest.Item) -> int:
         file = file_of(item.nodeid)

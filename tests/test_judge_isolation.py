@@ -13,8 +13,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from harness.pinned import PINNED_FILES, extract_judge
 from harness.workspace import ProposalRejected, check_path
 from models.errors import WorldloopError
 from models.evaluate import TIMING_KEYS, evaluate_run
-from models.predictor import PredictorError
+from models.predictor import ATTACHED_ENV, PredictorError, _attached_predictor
 from tests.helpers import ROOT
 from tests.night_project import EXPERIMENT, make_project
 
@@ -271,11 +274,15 @@ def test_a_predictor_that_crashes_ends_the_judge_in_one_line(
     assert "Traceback" in step.tail  # the predictor's own account is in the log
 
 
+HANGS = "    import time\n    time.sleep(600)\n"
+DIES = "    import os\n    os._exit(3)\n"
+
+
 @pytest.mark.parametrize(
     ("code", "timeout_s", "message"),
     [
-        ("    import time\n    time.sleep(600)\n", 3.0, "did not answer within 3s (loading the run)"),
-        ("    import os\n    os._exit(3)\n", None, "exited with code 3 while loading the run"),
+        (HANGS, 3.0, "did not answer within 3s (loading the run)"),
+        (DIES, None, "exited with code 3 while loading the run"),
     ],
     ids=["hangs", "dies"],
 )
@@ -292,3 +299,80 @@ def test_a_predictor_that_hangs_or_dies_is_named(
     append(tree / "models/checkpoint.py", wrapper + code + "    return _load_run(*args, **kwargs)\n")
     with pytest.raises(PredictorError, match=re.escape(message)):
         judge(run, tree, judge_root, small_cache, timeout_s=timeout_s)
+
+
+def _process(pid: int) -> tuple[str, int]:
+    """(name, parent pid) of a process, from /proc."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return status["Name"].strip(), int(status["PPid"])
+
+
+def _forked_predictors(tree: Path) -> list[tuple[int, str]]:
+    """(pid, its parent's name) of the processes named models.serve running in `tree`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd") == str(tree.resolve()):
+                name, parent = _process(int(proc.name))
+                if name == "models.serve":
+                    found.append((int(proc.name), _process(parent)[0]))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(HANGS, "did not answer within 3s"), (DIES, "exited with code 3")],
+    ids=["hangs", "dies"],
+)
+def test_the_harness_judge_takes_over_the_predictor_forked_beside_it(
+    code: str, message: str, tree: Path, run: Path, judge_root: Path, small_cache: Path
+):
+    """The executor's judge finds its predictor already forked (the fork server's companion), as its own
+    child: a hang and an exit code read as from one it started."""
+    append(tree / "models/checkpoint.py", "_load_run = load_run\n\n\ndef load_run(*args, **kwargs):\n" + code)
+    executor = Executor(tree, small_cache, judge_root=judge_root)
+    seen: list[tuple[int, str]] = []
+    watcher = threading.Thread(target=lambda: seen.extend(_wait_for_predictor(tree)), daemon=True)
+    watcher.start()
+    step, metrics = executor.evaluate(run, "val", 64, timeout_s=18.0, task=EXPERIMENT)  # the predictor: 3 s
+    assert not step.ok and metrics is None and message in step.reason, step.reason
+    if code == HANGS:  # while it hung: the judge's child, forked before the judge began
+        watcher.join(timeout=5)
+        assert [parent for _, parent in seen] == ["models.evaluate"], seen
+    assert _forked_predictors(tree) == []  # none left behind
+
+
+def _wait_for_predictor(tree: Path, timeout_s: float = 15.0) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := _forked_predictors(tree):
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def test_an_announced_predictor_serves_only_the_run_it_was_forked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The judge takes over an announced predictor only if it runs exactly what the judge would start."""
+    args = [str(tmp_path / "run"), "--device", "cpu"]
+    for announced_args, taken in ((args, True), ([str(tmp_path / "other"), "--device", "cpu"], False)):
+        stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        to_it, from_it = os.pipe(), os.pipe()
+        announced = {"module": "models.serve", "args": announced_args, "cwd": str(tmp_path)}
+        monkeypatch.setenv(
+            ATTACHED_ENV,
+            json.dumps({"pid": stand_in.pid, "stdin": to_it[1], "stdout": from_it[0], **announced}),
+        )
+        process = _attached_predictor(args, tmp_path)
+        assert ATTACHED_ENV not in os.environ  # taken once
+        if taken:
+            assert process is not None and process.pid == stand_in.pid and process.poll() is None
+            process.kill()
+            assert process.wait(timeout=10) == -signal.SIGKILL
+        else:
+            assert process is None
+            with pytest.raises(ChildProcessError):  # ended, and reaped
+                os.waitpid(stand_in.pid, os.WNOHANG)
