@@ -8,12 +8,13 @@ session and cores, a CPU-time limit, the given environment and sys.path, stdout 
 fork starts with a pristine copy of the server's memory, in which nothing of `models` or `harness` was
 ever imported, so the agent's code and the judge's pinned code each import their own files, as before.
 
-The server is started by `python harness/forkserver.py` (a file, not `-m harness.forkserver`: the harness
-package is never imported in it) and speaks JSON lines on its stdin/stdout. It is the parent of the
-processes it forks, so it reaps them and reports each one's exit code and CPU time (its rusage, counted by
-the kernel: a child cannot forge it, and it cannot reach the server's pipes, which it closes first). When
-the harness goes away, even by kill -9, the server reads end-of-file, kills every process group it started
-and exits; a forked process is SIGKILLed by the kernel if the server dies.
+The server is started by `python -P harness/forkserver.py` (a file, not `-m harness.forkserver`: the
+harness package is never imported in it, and -P keeps harness/ off its sys.path) and speaks JSON lines on
+its stdin/stdout. It is the parent of the processes it forks, so it reaps them and reports each one's exit
+code and CPU time (its rusage, counted by the kernel: a child cannot forge it, and it cannot reach the
+server's pipes, which it replaces first). When the harness goes away, even by kill -9, the server reads
+end-of-file, kills every process group it started and exits; a forked process is SIGKILLed by the kernel if
+the server dies. A judge's predictor can be forked beside it (`_start_companion`).
 
 This module imports only the standard library: the harness imports it for `limit_this_process`, which both
 ways of starting a subprocess share.
@@ -38,10 +39,11 @@ import time
 import traceback
 from collections.abc import Sequence
 
-PRELOAD = ("torch", "safetensors.torch", "pydantic", "av", "cv2", "rich.progress")
-"""What the server imports once (numpy comes with torch). pyarrow is left out: importing it starts a thread,
-and forking a process whose other threads may hold a lock is a deadlock waiting to happen. With one
-thread per run (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS = 1) none of these starts one."""
+PRELOAD = ("torch", "torch._dynamo", "safetensors.torch", "pydantic", "av", "cv2", "rich.progress")
+"""What the server imports once (numpy comes with torch). torch._dynamo: torch imports it lazily when the
+first optimizer is built, 1.2-1.7 s into every training and smoke step. pyarrow is left out: importing it
+starts a thread, and forking a process whose other threads may hold a lock is a deadlock waiting to happen.
+With one thread per run (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS = 1) none of these starts one."""
 
 READY = "ready"
 
@@ -213,12 +215,17 @@ def _write(line: dict) -> None:
 def serve() -> None:
     """The server's loop: fork on each request line, report each child's end, stop at end-of-file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the harness's to handle, not ours
-    here = os.path.dirname(os.path.abspath(__file__))
     extra = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
-    base_path = [entry for entry in sys.path if entry not in extra and os.path.abspath(entry or ".") != here]
+    base_path = [entry for entry in sys.path if entry not in extra]
+    sys.path[:] = base_path
     for name in PRELOAD:
-        with contextlib.suppress(ImportError):  # a module the children lack: they will not need it either
+        before = set(sys.modules)
+        try:
             __import__(name)
+        except ImportError as err:  # the children import it themselves (or fail) as a fresh interpreter would
+            print(f"fork server: not preloading {name}: {err}", file=sys.stderr)
+            for half_imported in set(sys.modules) - before:
+                del sys.modules[half_imported]
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -271,7 +278,9 @@ class ForkServer:
         self._ready = False
         self.start_timeout_s = start_timeout_s
         self.process = subprocess.Popen(
-            [python, os.path.abspath(__file__)],
+            # -P: the script's directory (harness/) stays off sys.path, or harness/secrets.py would be the
+            # stdlib's `secrets` in the server and in every fork
+            [python, "-P", os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

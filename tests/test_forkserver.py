@@ -34,6 +34,8 @@ print(json.dumps({
     "threads": __import__("torch").get_num_threads(),
     "name": open("/proc/self/comm").read().strip(),
     "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    "stdlib_secrets": __import__("secrets").__file__,
+    "path": sys.path,
 }), flush=True)
 mode = sys.argv[1]
 if mode == "burn":
@@ -97,6 +99,8 @@ def test_a_fork_runs_the_worktrees_module_as_python_dash_m(
     assert seen["marker"] == "from the request" and seen["secret"] is None  # only the request's environment
     assert seen["cores"] == ONE_CORE and seen["group_leader"] and seen["stdin"] == ""
     assert seen["threads"] == 1 and seen["name"] == "models.probe"
+    harness_dir = str(ROOT / "harness")  # its secrets.py once shadowed the stdlib's in the server and forks
+    assert not seen["stdlib_secrets"].startswith(harness_dir) and harness_dir not in seen["path"]
     assert seen["open_fds"][:3] == [0, 1, 2]
     # nothing but the log, /dev/null and the listing's own fd: not the server's pipes
     assert len(seen["open_fds"]) <= 4, seen["open_fds"]
