@@ -21,7 +21,7 @@ def fixed_noise_loss(model: DiT, canvases: torch.Tensor, actions: torch.Tensor) 
         return model.loss(canvases.repeat(8, 1, 1, 1), actions.repeat(8, 1)).item()
 
 
-def trained_dit(steps: int = 600, config: DiTConfig = TINY, seed: int = 0) -> tuple[DiT, tuple[float, float]]:
+def trained_dit(steps: int = 300, config: DiTConfig = TINY, seed: int = 0) -> tuple[DiT, tuple[float, float]]:
     """A tiny DiT overfit on 6 rolled scenes; returns it and its fixed-noise loss before and after."""
     torch.manual_seed(seed)
     model = DiT(config, TINY_CANVAS)
