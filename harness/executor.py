@@ -49,6 +49,7 @@ class StepResult:
     reason: str = ""
     tail: str = ""
     cpu_s: float | None = None  # CPU time of the subprocess (all its threads), from its rusage
+    code: int | None = None  # its exit code (negative: the signal that killed it); None when timed out
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -273,7 +274,7 @@ class Executor:
         code, cpu_s = ended
         seconds = time.monotonic() - start
         if code == 0:
-            return StepResult(True, seconds, cpu_s=cpu_s)
+            return StepResult(True, seconds, cpu_s=cpu_s, code=0)
         tail = redact(log_tail(log))
         over_cpu = cpu_limit_s is not None and (
             code == -signal.SIGXCPU
@@ -288,7 +289,7 @@ class Executor:
         else:
             last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
             reason = f"{what} exited with code {code}" + (f": {last.strip()}" if last else "")
-        return StepResult(False, seconds, RunStatus.CRASH, reason, tail, cpu_s)
+        return StepResult(False, seconds, RunStatus.CRASH, reason, tail, cpu_s, code)
 
     def smoke(self, experiment: str, log: Path, timeout_s: float = 120.0) -> StepResult:
         """One optimizer step and one `predict` call on a real batch (`models.train --smoke`)."""

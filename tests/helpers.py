@@ -28,19 +28,14 @@ def write_config(path: Path, dataset: Path, kind: str = "dit", **train: object) 
 
 
 def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.CompletedProcess:
-    """`python -m models.train` in a subprocess, as the harness's executor runs it."""
-    command = [
-        sys.executable,
-        "-m",
-        "models.train",
-        "--config",
-        str(config),
-        "--budget",
-        budget,
-        "--out",
-        str(out),
-    ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """`python -m models.train` as the harness's executor runs it (forked from its fork server, on this
+    process's cores); its output, in `<out>.log`, comes back as stderr."""
+    from harness.executor import Executor
+
+    args = ["models.train", "--config", str(config), "--budget", budget, "--out", str(out)]
+    log = out.with_name(out.name + ".log")
+    step = Executor(ROOT, ROOT)._run("training", args, log, timeout_s=300)
+    return subprocess.CompletedProcess(args, step.code, "", log.read_text())
 
 
 def run_module(module: str, *args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess:
