@@ -218,6 +218,9 @@ def serve() -> None:
     extra = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
     base_path = [entry for entry in sys.path if entry not in extra]
     sys.path[:] = base_path
+    # CUDA must not be initialized in a process that forks: should an import ask whether CUDA is there,
+    # NVML answers without initializing the driver (the forks set up their own environment)
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in PRELOAD:
         before = set(sys.modules)
         try:

@@ -278,8 +278,9 @@ class PredictorProcess:
     """A run's model served by `python -m models.serve RUN_DIR` in `root` (cwd and PYTHONPATH), so the
     model's code is that tree's, in a process the judge only exchanges pixels with.
 
-    `timeout_s` is the predictor's whole time, from its start: loading the run and every prediction. Its
-    stderr (and what it prints) goes to this process's stderr; in the harness, the evaluation log.
+    `timeout_s` is the predictor's whole time, from its start (or from when this judge took over one the
+    fork server started beside it, ATTACHED_ENV): loading the run and every prediction. Its stderr (and
+    what it prints) goes to this process's stderr; in the harness, the evaluation log.
     """
 
     def __init__(
