@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-import matplotlib.image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -65,49 +65,70 @@ ERROR_VMAX = 0.25
 different runs compare at a glance."""
 
 
-def _cell(ax: plt.Axes, image: np.ndarray, title: str = "", **imshow: object) -> matplotlib.image.AxesImage:
-    shown = ax.imshow(image, interpolation="nearest", **imshow)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=7, pad=2)
-    return shown
+@dataclass
+class _Cell:
+    """One picture of a grid figure: an RGB image, its title, and a frame color (the true action's)."""
+
+    image: np.ndarray
+    title: str = ""
+    frame: np.ndarray | None = None  # RGB in [0, 1]
 
 
-def _place_grid(
-    fig: plt.Figure, title: str, rows: int, columns: int, right: float, left: float = 0.45, top: float = 0.6
-) -> None:
-    """The figure's title, and margins and gaps in inches for its grid of titled image cells: room for the
-    row labels (`left`), the title and the first row's two-line titles (`top`), each later row's titles
-    between the rows. What tight_layout finds for these fixed text sizes, at a third of the drawing time."""
-    bottom, column_gap, row_gap = 0.08, 0.08, 0.32
-    width, height = fig.get_size_inches()
-    fig.suptitle(title, fontsize=8, y=1 - 0.08 / height, va="top")
-    cell_width = (width - left - right - column_gap * (columns - 1)) / columns
-    cell_height = (height - top - bottom - row_gap * (rows - 1)) / rows
-    fig.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        top=1 - top / height,
-        bottom=bottom / height,
-        wspace=column_gap / cell_width,
-        hspace=row_gap / cell_height,
-    )
+GRID_GAP_PX = 3  # between two cells of a row, in the cells' own pixels (room for a frame)
+FRAME_PX = 1  # a frame's width, in the cells' own pixels (about 3 pt)
+TITLE_ROOM_IN = 0.42  # above each row of cells: two lines of 7 pt titles
 
 
-def _frame(ax: plt.Axes, color: str, width: float = 2.5) -> None:
-    for spine in ax.spines.values():
-        spine.set_edgecolor(color)
-        spine.set_linewidth(width)
+def _heat(error: np.ndarray) -> np.ndarray:
+    """An |error| map as the heatmaps' colors (inferno, 0 to ERROR_VMAX), RGB uint8."""
+    rgb = matplotlib.colormaps["inferno"](np.clip(error / ERROR_VMAX, 0.0, 1.0))[..., :3]
+    return (rgb * 255).round().astype(np.uint8)
 
 
-def _row_label(ax: plt.Axes, examples: dict[str, np.ndarray], row: int, split: str) -> None:
+def _grid_figure(
+    title: str, rows: list[list[_Cell]], labels: list[tuple[str, str]], cell_in: float, right_in: float
+) -> plt.Figure:
+    """Rows of image cells drawn as one picture (one imshow, not one axes per cell: axes were most of a
+    report's drawing time), titles above the cells, `labels` (text, color) left of the rows. The second cell
+    of a row (a frame) is `cell_in` inches wide; `right_in` is left free on the right (a color bar)."""
+    height = rows[0][0].image.shape[0]
+    widths = [cell.image.shape[1] for cell in rows[0]]
+    px_in = cell_in / widths[1 if len(widths) > 1 else 0]  # inches per pixel
+    title_px = int(np.ceil(TITLE_ROOM_IN / px_in))
+    grid_w = sum(widths) + GRID_GAP_PX * (len(widths) + 1)
+    grid_h = len(rows) * (height + title_px) + GRID_GAP_PX
+    mosaic = np.full((grid_h, grid_w, 3), 255, np.uint8)
+    left_in, top_in = 0.45, 0.3
+    fig = plt.figure(figsize=(left_in + grid_w * px_in + right_in, top_in + grid_h * px_in))
+    width_in, height_in = fig.get_size_inches()
+    ax = fig.add_axes((left_in / width_in, 0.0, grid_w * px_in / width_in, grid_h * px_in / height_in))
+    for r, row in enumerate(rows):
+        y = r * (height + title_px) + title_px
+        x = GRID_GAP_PX
+        for cell, width in zip(row, widths, strict=True):
+            mosaic[y : y + height, x : x + width] = cell.image
+            if cell.frame is not None:  # a frame around the cell, in the gap
+                b = FRAME_PX
+                color = (np.asarray(cell.frame) * 255).round().astype(np.uint8)
+                mosaic[y - b : y, x - b : x + width + b] = color
+                mosaic[y + height : y + height + b, x - b : x + width + b] = color
+                mosaic[y - b : y + height + b, x - b : x] = color
+                mosaic[y - b : y + height + b, x + width : x + width + b] = color
+            if cell.title:
+                ax.text(x + width / 2, y - FRAME_PX - 0.5, cell.title, ha="center", va="bottom", fontsize=7)
+            x += width + GRID_GAP_PX
+        text, color = labels[r]
+        ax.text(-2, y + height / 2, text, ha="right", va="center", rotation=90, fontsize=7, color=color)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(title, fontsize=8, y=1 - 0.06 / height_in, va="top")
+    return fig
+
+
+def _row_label(examples: dict[str, np.ndarray], row: int, split: str) -> tuple[str, str]:
     hard = bool(examples["hard"][row])
-    ax.set_ylabel(
-        f"{split} #{int(examples['index'][row])}\n{'hardest' if hard else 'typical'}",
-        fontsize=7,
-        color="#b00020" if hard else "black",
-    )
+    text = f"{split} #{int(examples['index'][row])}\n{'hardest' if hard else 'typical'}"
+    return text, "#b00020" if hard else "black"
 
 
 def _copy_last(examples: dict[str, np.ndarray], config: CanvasConfig) -> np.ndarray:
@@ -137,34 +158,24 @@ def counterfactual_grid(
     rows = len(examples["index"])
     if rows == 0:
         raise ValueError("no counterfactual examples to draw")
-    context_w = layout.context_columns.stop
-    ratios = [context_w / config.frame_width, 1.0] + [1.0] * len(ACTION_NAMES)
-    cell = 1.15
-    aspect = layout.height / config.frame_width
-    fig, axes = plt.subplots(
-        rows,
-        len(ratios),
-        figsize=(cell * sum(ratios) + 0.6, rows * (cell * aspect + 0.32) + 0.5),
-        squeeze=False,
-        gridspec_kw={"width_ratios": ratios},
-    )
     colors = {name: np.array(config.action_colors[name]) / 255 for name in ACTION_NAMES}
+    grid = []
     for r in range(rows):
         true_action = int(examples["true_action"][r])
         truth = examples["truth"][r]
-        _cell(axes[r, 0], examples["context"][r][:, layout.context_columns], "context" if r == 0 else "")
-        _row_label(axes[r, 0], examples, r, split)
-        _cell(axes[r, 1], truth, f"truth ({ACTION_NAMES[true_action]})")
+        cells = [
+            _Cell(examples["context"][r][:, layout.context_columns], "context" if r == 0 else ""),
+            _Cell(truth, f"truth ({ACTION_NAMES[true_action]})"),
+        ]
         for a, name in enumerate(ACTION_NAMES):
-            ax = axes[r, 2 + a]
             pred = examples["predictions"][r, a]
             mark = " (true)" if a == true_action else ""
-            _cell(ax, pred, f"{name}{mark}\nmse {_mse(pred, truth):.4f}")
-            if a == true_action:
-                _frame(ax, colors[name])
+            frame = colors[name] if a == true_action else None
+            cells.append(_Cell(pred, f"{name}{mark}\nmse {_mse(pred, truth):.4f}", frame))
+        grid.append(cells)
+    labels = [_row_label(examples, r, split) for r in range(rows)]
     title = "what the model predicts under each action (framed: the action really taken)"
-    _place_grid(fig, title, rows, len(ratios), right=0.1)
-    return save_figure(fig, out, dpi=110)
+    return save_figure(_grid_figure(title, grid, labels, cell_in=1.15, right_in=0.1), out, dpi=110)
 
 
 def error_heatmaps(
@@ -178,29 +189,28 @@ def error_heatmaps(
     rows = len(examples["index"])
     if rows == 0:
         raise ValueError("no counterfactual examples to draw")
-    layout = config.layout
     copy = _copy_last(examples, config)
-    cell = 1.15
-    aspect = layout.height / config.frame_width
-    fig, axes = plt.subplots(
-        rows, 4, figsize=(cell * 4 + 1.2, rows * (cell * aspect + 0.32) + 0.5), squeeze=False
-    )
-    image = None
+    grid = []
     for r in range(rows):
         truth = examples["truth"][r]
         pred = examples["predictions"][r, int(examples["true_action"][r])]
-        _cell(axes[r, 0], truth, "truth")
-        _row_label(axes[r, 0], examples, r, split)
-        _cell(axes[r, 1], pred, "prediction")
-        heat = {"cmap": "inferno", "vmin": 0.0, "vmax": ERROR_VMAX}
-        title = f"model |error|\nmse {_mse(pred, truth):.4f}"
-        image = _cell(axes[r, 2], _abs_error(pred, truth), title, **heat)
-        title = f"copy last frame |error|\nmse {_mse(copy[r], truth):.4f}"
-        _cell(axes[r, 3], _abs_error(copy[r], truth), title, **heat)
+        grid.append(
+            [
+                _Cell(truth, "truth"),
+                _Cell(pred, "prediction"),
+                _Cell(_heat(_abs_error(pred, truth)), f"model |error|\nmse {_mse(pred, truth):.4f}"),
+                _Cell(
+                    _heat(_abs_error(copy[r], truth)),
+                    f"copy last frame |error|\nmse {_mse(copy[r], truth):.4f}",
+                ),
+            ]
+        )
+    labels = [_row_label(examples, r, split) for r in range(rows)]
     title = "per-pixel error under the true action, beside the copy-last-frame baseline"
-    _place_grid(fig, title, rows, 4, right=0.1 * fig.get_figwidth())
+    fig = _grid_figure(title, grid, labels, cell_in=1.15, right_in=0.9)
     bar = fig.add_axes((0.92, 0.3, 0.015, 0.4))
-    fig.colorbar(image, cax=bar).ax.tick_params(labelsize=6)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, ERROR_VMAX), "inferno")
+    fig.colorbar(scale, cax=bar).ax.tick_params(labelsize=6)
     return save_figure(fig, out, dpi=110)
 
 
