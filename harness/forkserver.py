@@ -46,6 +46,7 @@ starts a thread, and forking a process whose other threads may hold a lock is a 
 With one thread per run (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS = 1) none of these starts one."""
 
 READY = "ready"
+POLL_SLICE_S = 0.05
 
 
 def _prctl(option: int, argument: int | bytes) -> None:
@@ -357,17 +358,19 @@ class ForkServer:
         raise OSError("the fork server stopped answering")
 
     def poll(self, pid: int, timeout_s: float = 0.0) -> tuple[int, float] | None:
-        """(exit code, CPU seconds) once `pid` has ended and been reaped, else None (after `timeout_s`)."""
+        """(exit code, CPU seconds) once `pid` has ended and been reaped, else None (after `timeout_s`).
+        Waits in slices of POLL_SLICE_S, so that parallel runs' threads take turns reading the server."""
         deadline = time.monotonic() + timeout_s
-        with self._lock:
-            while pid not in self._exits:
+        while True:
+            with self._lock:
+                if pid in self._exits:
+                    return self._exits.pop(pid)
                 left = deadline - time.monotonic()
-                if self._next_event(max(0.0, left)) is None:
+                if self._next_event(max(0.0, min(left, POLL_SLICE_S))) is None:
                     if self.process.poll() is not None:
                         raise OSError("the fork server died")
                     if left <= 0:
                         return None
-            return self._exits.pop(pid)
 
     def alive(self) -> bool:
         return self.process.poll() is None
