@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from harness.agents.base import AgentContext
+from harness.executor import Executor
 from harness.pinned import ALLOWED_TEXT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,6 @@ def write_config(path: Path, dataset: Path, kind: str = "dit", **train: object) 
 def run_train(config: Path, out: Path, budget: str = "3s") -> subprocess.CompletedProcess:
     """`python -m models.train` as the harness's executor runs it (forked from its fork server, on this
     process's cores); its output, in `<out>.log`, comes back as stderr."""
-    from harness.executor import Executor
-
     args = ["models.train", "--config", str(config), "--budget", budget, "--out", str(out)]
     log = out.with_name(out.name + ".log")
     step = Executor(ROOT, ROOT)._run("training", args, log, timeout_s=300)
