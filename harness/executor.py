@@ -201,7 +201,8 @@ class Executor:
         FORKSERVER_ENV says 0. `predictor`: for the judge, (run directory, tree) of the predictor
         (`models.serve` in that tree) the server forks beside it, so that the judge need not start one
         (models/predictor.ATTACHED_ENV)."""
-        env = {**self._env(), "PYTHONPATH": str(self.worktree)}
+        base_env = self._env()
+        env = {**base_env, "PYTHONPATH": str(self.worktree)}
         if self._forking():
             companion = None
             if predictor is not None:
@@ -210,11 +211,11 @@ class Executor:
                     "module": "models.serve",
                     "args": [run_dir, "--device", "cpu"],  # the judge's default device, which we use
                     "cwd": root,
-                    "env": {**self._env(), "PYTHONPATH": root},
+                    "env": {**base_env, "PYTHONPATH": root},
                     "announce_env": ATTACHED_ENV,
                 }
             try:
-                server = server_for(self.python, self._env())
+                server = server_for(self.python, base_env)
                 margin = CPU_KILL_MARGIN_S
                 cwd = str(self.worktree)
                 pid = server.spawn(

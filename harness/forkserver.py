@@ -37,7 +37,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 PRELOAD = ("torch", "torch._dynamo", "safetensors.torch", "pydantic", "av", "cv2", "rich.progress")
 """What the server imports once (numpy comes with torch). torch._dynamo: torch imports it lazily when the
@@ -114,27 +115,22 @@ def _start_companion(spec: dict, cores: Sequence[int], base_path: list[str]) -> 
     `import torch` of its own; and it is this process's child, so the judge waits for it and reads its exit
     code as it would a predictor it had started itself. Its stderr is the log's. Returns what the main
     module finds in `spec["announce_env"]`: the companion's pid, its pipes and what it runs."""
-    to_companion, from_companion = os.pipe(), os.pipe()
+    to_companion, from_companion = os.pipe(), os.pipe()  # not inherited by what either side starts
+
+    def companion() -> int:
+        os.dup2(to_companion[0], 0)
+        os.dup2(from_companion[1], 1)
+        for fd in (*to_companion, *from_companion):
+            os.close(fd)
+        limit_this_process(cores, None, 0)  # dies with the judge
+        _enter(spec, base_path)
+        return _run_module(spec["module"])
+
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            os.dup2(to_companion[0], 0)
-            os.dup2(from_companion[1], 1)
-            for fd in (*to_companion, *from_companion):
-                os.close(fd)
-            limit_this_process(cores, None, 0)  # dies with the judge
-            _enter(spec, base_path)
-            code = _run_module(spec["module"])
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-        finally:
-            os._exit(code)
+        _in_child(companion)
     os.close(to_companion[0])
     os.close(from_companion[1])
-    os.set_inheritable(to_companion[1], False)
-    os.set_inheritable(from_companion[0], False)
     keys = ("module", "args", "cwd")
     return {"pid": pid, "stdin": to_companion[1], "stdout": from_companion[0], **{k: spec[k] for k in keys}}
 
@@ -191,8 +187,8 @@ def _fork(request: dict, base_path: list[str], server_fds: Sequence[int]) -> int
         with contextlib.suppress(PermissionError, ProcessLookupError):
             os.setpgid(pid, pid)
         return pid
-    code = 1
-    try:
+
+    def child() -> int:
         os.setpgid(0, 0)
         for fd in server_fds:  # the wakeup pipe; the request and report pipes (0, 1) are replaced below
             os.close(fd)
@@ -201,7 +197,17 @@ def _fork(request: dict, base_path: list[str], server_fds: Sequence[int]) -> int
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         limit_this_process(request["cores"], request["cpu_limit_s"], request["cpu_kill_margin_s"])
-        code = _become(request, base_path)
+        return _become(request, base_path)
+
+    _in_child(child)
+
+
+def _in_child(body: Callable[[], int]) -> NoReturn:
+    """Run `body` in a forked process and exit with its code: a fork never returns into the server's (or
+    the judge's) code, whatever `body` raises (that is printed, and the exit code is 1)."""
+    code = 1
+    try:
+        code = body()
     except BaseException:
         with contextlib.suppress(BaseException):
             traceback.print_exc()
