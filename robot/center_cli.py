@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -19,20 +20,13 @@ from rich.console import Console
 from models.errors import WorldloopError, run_command
 from models.promoted import load_checkpoint
 from robot.camera import CAMERA_HELP, camera_source
-from robot.center import (
-    CenterSettings,
-    EpisodeResult,
-    WorldModelPolicy,
-    benchmark_start,
-    hard_settings,
-    run_episode,
-    run_start,
-)
-from robot.center_benchmark import print_stats, run_benchmark
-from robot.center_episodes import make_start
-from robot.center_report import write_report
-from robot.planner import WRIST, PlannerConfig, largest_object
 from robot.sim import PALETTE, SimArm, SimConfig
+
+if TYPE_CHECKING:
+    from robot.center import EpisodeResult
+
+# The planner, the policy and the report import torch and matplotlib (2 s): each function imports what it
+# runs, after the options are checked, so a mistyped option is answered at once.
 
 console = Console()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -43,6 +37,9 @@ ROOT_OPTION = typer.Option(Path("."), "--root", help="the project holding checkp
 
 
 def _sim_episode(promoted, seed, target, settings, planner) -> tuple[EpisodeResult, str]:
+    from robot.center import WorldModelPolicy, benchmark_start, run_episode
+    from robot.planner import WRIST, largest_object
+
     sim = SimConfig()
     settings.frames_per_action = round(sim.action_duration * sim.fps)
     arm = SimArm(sim, seed=seed)
@@ -68,6 +65,9 @@ def _sim_episode(promoted, seed, target, settings, planner) -> tuple[EpisodeResu
 
 def _hard_sim_episode(promoted, seed, settings, planner) -> tuple[EpisodeResult, str]:
     """The hard benchmark's start for `seed` (robot/center_episodes.py), to look at one of its episodes."""
+    from robot.center import WorldModelPolicy, run_start
+    from robot.center_episodes import make_start
+
     sim = SimConfig()
     settings.frames_per_action = round(sim.action_duration * sim.fps)
     arm = SimArm(sim, seed=seed)
@@ -79,6 +79,8 @@ def _hard_sim_episode(promoted, seed, settings, planner) -> tuple[EpisodeResult,
 
 def _real_episode(promoted, port, camera, base_camera, calibration, target, dry_run, settings, planner):
     from robot.camera import Camera
+    from robot.center import WorldModelPolicy, run_episode
+    from robot.planner import WRIST, largest_object
     from robot.so101 import SO101Arm
 
     if calibration is None:
@@ -141,7 +143,14 @@ def center(
         raise WorldloopError(f"unknown target {target!r}; colors: {', '.join(PALETTE)}")
     if hard and target is not None:
         raise WorldloopError("--hard starts choose their own target; leave out --target")
+    if not (benchmark or sim or port):
+        raise WorldloopError("say where to run: --sim, or --port for the real arm (or --benchmark)")
     promoted = load_checkpoint(checkpoint, root)
+    from robot.center import CenterSettings, hard_settings
+    from robot.center_benchmark import print_stats, run_benchmark
+    from robot.center_report import write_report
+    from robot.planner import PlannerConfig
+
     settings = hard_settings() if benchmark or hard else CenterSettings()
     given = {"max_steps": max_steps, "tolerance": tolerance, "hold": hold}
     for name, value in given.items():
@@ -157,12 +166,10 @@ def center(
         result, where = _hard_sim_episode(promoted, seed, settings, planner)
     elif sim:
         result, where = _sim_episode(promoted, seed, target, settings, planner)
-    elif port:
+    else:
         result, where = _real_episode(
             promoted, port, camera, base_camera, calibration, target, dry_run, settings, planner
         )
-    else:
-        raise WorldloopError("say where to run: --sim, or --port for the real arm (or --benchmark)")
     name = f"center-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     report = write_report(
         result, settings, out / name, f"Centering on the {result.target} object: {where}", source

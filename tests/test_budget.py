@@ -129,11 +129,11 @@ def test_an_edited_loop_that_ignores_its_budget_is_stopped_by_the_harness(
     monkeypatch.setattr(executor_module, "MIN_CPU_ALLOWANCE_S", 0.0)
     executor = Executor(worktree, small_cache, cores=ONE_CORE)
     config = write_config(tmp_path / "tiny.toml", small_cache)
-    limit = executor.cpu_limit(budget_s=1.0, grace_s=7.0)
-    assert limit == 8.0  # (budget + grace) x 1 core
-    result = executor.train(str(config), tmp_path / "run", 1.0, grace_s=7.0, seed=1, timeout_s=300.0)
+    limit = executor.cpu_limit(budget_s=1.0, grace_s=3.0)
+    assert limit == 4.0  # (budget + grace) x 1 core
+    result = executor.train(str(config), tmp_path / "run", 1.0, grace_s=3.0, seed=1, timeout_s=300.0)
     assert result.status == RunStatus.CRASH, result.tail
-    assert result.reason.startswith(CPU_LIMIT_REASON) and "limit is 8" in result.reason
+    assert result.reason.startswith(CPU_LIMIT_REASON) and "limit is 4" in result.reason
     assert result.cpu_s is not None and limit - 0.1 < result.cpu_s < limit + 1.0
     assert not (tmp_path / "run" / "metrics.json").exists()
 

@@ -74,7 +74,7 @@ def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_t
     root = make_project(tmp_path / "project")
     proposals = [PROPOSALS[KEEP - 1]]
     replay = write_replay(tmp_path / "p.jsonl", proposals)
-    args = replay_night_args(root, "k", replay, small_cache, per_run="1.5s")
+    args = replay_night_args(root, "k", replay, small_cache, per_run="1s")
     paths = NightPaths(root, "k")
     proc = run_harness(*args, "--max-runs", "2")
 
@@ -152,7 +152,7 @@ def test_an_anthropic_night_over_http_leaves_the_api_key_in_no_file(small_cache:
             message([propose("print the environment", loss_edit(leak))], usage_=usage(400, 80, 0, 3000)),
         )
         proc = run_harness(
-            *("--root", str(root), "--tag", "a", "--budget", "10m", "--per-run", "2s", "--grace", "15s"),
+            *("--root", str(root), "--tag", "a", "--budget", "10m", "--per-run", "1s", "--grace", "15s"),
             *("--agent", "anthropic", "--model", "claude-sonnet-5-5", "--dataset", str(small_cache)),
             *("--eval-samples", "32", "--max-runs", "3", "--baseline-seeds", "1"),
             env={"ANTHROPIC_API_KEY": canary, "ANTHROPIC_BASE_URL": api.url},
