@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ CPU_LIMIT_REASON = "training used more CPU time than its budget"
 MIN_CPU_ALLOWANCE_S = 30.0  # CPU-s a training may always use outside its budget (see Executor.cpu_limit)
 
 
+class Cancelled(Exception):
+    """The executor's `cancel` event was set (Ctrl-C, the night ending): its subprocess was killed."""
+
+
 @dataclass
 class StepResult:
     """How a subprocess ended: ok, or a crash/timeout with the reason and the end of its log."""
@@ -57,6 +62,13 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return ""
     text = path.read_text(errors="replace")
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (every core, where the OS does not say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 def split_cores(cores: Sequence[int], workers: int) -> list[list[int]]:
@@ -148,20 +160,23 @@ class Executor:
         cores: Sequence[int] | None = None,
         judge_root: Path | None = None,
         threads: int = DEFAULT_THREADS,
+        cancel: threading.Event | None = None,
     ) -> None:
         """`cores`: the CPU cores every subprocess may run on (default: the harness's own affinity; the
         scheduler puts a one-thread training on the least busy of them); parallel executors get disjoint ones
         from `split_cores`. `threads`: the training's threads, at most one per core (DEFAULT_THREADS says
         why one). `judge_root`: the tree the judge runs from, a snapshot of the pinned files
-        (harness.pinned.extract_judge); None, the worktree itself (for a tree nobody else edits)."""
+        (harness.pinned.extract_judge); None, the worktree itself (for a tree nobody else edits). `cancel`:
+        set from another thread, it kills the subprocess running and raises Cancelled in its caller."""
+        self.cancel = cancel
         self.judge_root = None if judge_root is None else Path(judge_root)
         self.worktree = Path(worktree)
         self.dataset = Path(dataset).resolve()
         self.python = python
         self.on_tick = on_tick
-        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        self.cores = sorted(set(cores)) if cores is not None else allowed or list(range(os.cpu_count() or 1))
-        if not self.cores or (allowed is not None and not set(self.cores) <= set(allowed)):
+        allowed = usable_cores()
+        self.cores = sorted(set(cores)) if cores is not None else allowed
+        if not self.cores or not set(self.cores) <= set(allowed):
             raise ValueError(
                 f"cores {list(cores or [])} are not a non-empty subset of this process's {allowed}"
             )
@@ -255,6 +270,8 @@ class Executor:
         try:
             next_tick = 1.0
             while (ended := child.poll(POLL_S)) is None:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled(what)
                 elapsed = time.monotonic() - start
                 if elapsed >= timeout_s:
                     _, cpu_s = _kill_group(child)

@@ -37,10 +37,11 @@ class RunStatus(StrEnum):
     CRASH = "crash"  # training or evaluation failed (exception, NaN, bad exit)
     TIMEOUT = "timeout"  # killed at the hard timeout
     REJECTED = "rejected"  # never trained: outside the allowlist, did not apply, compile or smoke-train
+    LOST = "lost"  # its worker (a process, a node) died twice under it: never judged
 
 
 EVALUATED = (RunStatus.KEEP, RunStatus.DISCARD, RunStatus.UNCONFIRMED)
-FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.REJECTED)
+FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.REJECTED, RunStatus.LOST)
 
 
 class Timings(BaseModel):
@@ -97,6 +98,8 @@ class Trial(BaseModel):
     cpu_s: float | None = None  # CPU time of the training process, measured by the harness
     train_s: float = 0.0  # wall clock of training and judging
     eval_s: float = 0.0
+    worker: str = ""  # the worker it trained on (w0, w1, ... or a Ray node)
+    started_at: datetime | None = None  # when its worker started it
 
     @property
     def primary(self) -> float | None:
@@ -177,6 +180,9 @@ class NightInfo(BaseModel):
     base_commit: str | None = None
     branch: str | None = None
     dataset: str | None = None
+    workers: int = 1  # runs in flight at once
+    executor: str = "local"
+    spent_s: float | None = None  # wall clock of the budget spent so far (None: an older night's file)
 
     def write(self, paths: NightPaths) -> None:
         atomic_write_text(paths.night, self.model_dump_json(indent=2) + "\n")
@@ -187,23 +193,35 @@ class NightInfo(BaseModel):
 
 
 class RunningState(BaseModel):
-    """What the loop is doing right now: `runs/<tag>/current.json`, rewritten at each phase change."""
+    """One run in flight and its phase."""
 
     model_config = ConfigDict(extra="forbid")
 
     run_id: str
-    phase: str  # agent | validate | train | eval | report
+    phase: str  # agent | validate | smoke | train | eval | train seed N | eval test | report
     hypothesis: str = ""
     started_at: datetime = Field(default_factory=now)
     phase_started_at: datetime = Field(default_factory=now)
+
+
+class NightActivity(BaseModel):
+    """What the loop is doing right now: `runs/<tag>/current.json`, rewritten at each phase change, with
+    every run in flight (one per worker, and those waiting for the agent or a worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[RunningState] = Field(default_factory=list)
     pid: int = Field(default_factory=os.getpid)
 
     def write(self, paths: NightPaths) -> None:
         atomic_write_text(paths.current, self.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def read(cls, paths: NightPaths) -> RunningState | None:
+    def read(cls, paths: NightPaths) -> NightActivity | None:
         return _read_model(cls, paths.current)
+
+    def run(self, run_id: str) -> RunningState | None:
+        return next((r for r in self.runs if r.run_id == run_id), None)
 
     def alive(self) -> bool:
         """Is the loop that wrote this still running? (A kill -9 leaves the file behind.)"""
@@ -341,8 +359,10 @@ def leaderboard(records: list[RunRecord], top: int = 10) -> list[RunRecord]:
 
 
 def best_before(records: list[RunRecord], record: RunRecord) -> RunRecord | None:
-    """The best run at the time `record` was judged: what it had to beat."""
-    return best_run([r for r in records if r.index < record.index])
+    """The best run at the time `record` was judged: what it had to beat (the ledger lists runs in the
+    order they were decided, which a parallel night does not run in index order)."""
+    position = next((i for i, r in enumerate(records) if r.run_id == record.run_id), len(records))
+    return best_run(records[:position])
 
 
 def find_run(root: Path, run_id: str) -> tuple[NightPaths, RunRecord]:

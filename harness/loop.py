@@ -1,9 +1,17 @@
 """The night: propose, commit, smoke, train, judge, keep or discard, report; until the budget ends.
 
-Everything a run produces is written before its ledger line, and the ledger line is the commit point: a
-kill -9 at any moment loses at most the run in flight, which `--resume` runs again under the same id. The
-budget is a promise: a run starts only when its estimated time fits in what is left, and a run that goes
-past its own budget plus grace is killed, so the night ends at most one grace period late.
+Up to `--workers` runs are in flight at once, asynchronously: when a run's seed is judged it is decided
+against the best at that moment, and the next run starts on the freed worker; proposals are asked for ahead
+(`--backlog`), each on the best commit of its time, with the runs in flight in its prompt. One thread, this
+one, writes git, the ledger and the reports; workers (harness/workers.py) only run a run's jobs in the tree
+of its commit (harness/trees.py) and hand back what happened; agents propose in threads of their own.
+
+Everything a run produces is written before its ledger line, and the ledger line is the commit point; a
+run's commit and judged seeds are in its `pending.json` from the moment it is committed, so a kill -9 at any
+moment loses no run: `--resume` runs the runs that were in flight again under their ids, from their commits
+and the seeds already judged. The budget is a promise: a run starts only when its estimated time fits in
+what is left, and a run that goes past its own budget plus grace is killed, so the night ends at most one
+grace period late. The ledger lists runs in the order they were decided.
 """
 
 from __future__ import annotations
@@ -12,24 +20,27 @@ import json
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic_core import to_jsonable_python
 from rich.console import Console
 
 from harness import reports
-from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted, Proposal
+from harness.agents.base import Agent, AgentContext, AgentError, AgentExhausted, InFlight, Proposal
 from harness.durable import atomic_write_text
-from harness.executor import Executor, StepResult
+from harness.executor import StepResult
 from harness.judge import NoiseFloor, decide, mean_metrics, noise_floor
 from harness.ledger import (
     PENDING_FILE,
     Ledger,
     LedgerError,
+    NightActivity,
     NightInfo,
     PendingRun,
     RunningState,
@@ -46,6 +57,8 @@ from harness.ledger import (
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
 from harness.secrets import RedactingStream
+from harness.trees import export_tree
+from harness.workers import Job, JobResult, LocalWorkers, Workers, worker_shares
 from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
 from models.files import read_toml
@@ -115,6 +128,13 @@ def model_kind(experiment: Path) -> str:
     return str(raw.get("model", {}).get("kind", "dit"))
 
 
+def default_backlog(workers: int) -> int:
+    """Proposals asked for ahead of a free worker. One worker asks when it is free, so every proposal sees
+    the result before it (as a night always did); N workers keep about N/2 ready, so a worker rarely waits
+    on the agent, while each proposal still sees most results before it (RESULTS.md, "parallel")."""
+    return 0 if workers <= 1 else max(1, workers // 2)
+
+
 def default_grace(per_run_s: float) -> float:
     """Time past the training budget before a run is killed: startup, saving, the val loss."""
     return 30.0 + 0.1 * per_run_s
@@ -133,6 +153,17 @@ class NightSettings:
     eval_samples: int = 512
     baseline_seeds: int = 2
     resume: bool = False
+    workers: int = 1
+    cpus_per_run: int | None = None
+    backlog: int | None = None
+    executor: str = "local"
+    address: str | None = None  # the Ray cluster's (executor "ray"); None starts a local one
+    gpus_per_run: float = 0.0
+
+    @property
+    def proposals_ahead(self) -> int:
+        """Proposals asked for beyond the free workers (`--backlog`, default_backlog)."""
+        return default_backlog(self.workers) if self.backlog is None else self.backlog
 
     @property
     def grace(self) -> float:
@@ -160,6 +191,7 @@ class PromptState:
     tried: list[RunRecord]
     feedback: list[str]
     noise: NoiseFloor
+    in_flight: list[tuple[str, str]] = field(default_factory=list)  # (run id, hypothesis) not judged yet
 
     @property
     def keep_below(self) -> float | None:
@@ -189,6 +221,36 @@ class RunOutcome:
     timings: Timings = field(default_factory=Timings)
 
 
+@dataclass
+class Flight:
+    """A run between its proposal and its ledger line, with what the loop knows of it so far."""
+
+    run: RunOutcome
+    best: RunRecord | None  # the best run when it was proposed: its parent
+    base_commit: str  # the commit it is proposed on (the best's, or the night's base)
+    hypothesis: str = ""
+    proposal: Future | None = None  # the agent's answer, while it is being asked
+    proposal_tree: Path | None = None  # the best commit's files, which the agent reads while it proposes
+    pending: PendingRun | None = None  # set once committed (pending.json)
+    tree: Path | None = None  # its commit's files, where its jobs run
+    queued: list[Job] = field(default_factory=list)  # jobs waiting for a worker
+    running: int = 0  # jobs on workers
+    tests: int = 0  # test-split jobs still out, once its keep is decided
+    verdict: str = ""  # a kept run's reason, while its test split is judged
+    noise: NoiseFloor | None = None  # the noise floor its keep was decided with
+    phase: str = "agent"
+    phase_started: float = field(default_factory=time.monotonic)
+    worker: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.run.index == 0
+
+
 @contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Hold Ctrl-C until the block is done: a ledger line and the git state it describes go together."""
@@ -208,11 +270,14 @@ def _typical(values: list[float], default: float) -> float:
 
 
 class NightEnded(Exception):
-    """Raised inside the loop to stop it, with the reason the summary shows."""
+    """Raised inside the loop to stop it at once, with the reason the summary shows."""
+
+
+TICK_S = 1.0  # how often the live progress line is redrawn while nothing happens
 
 
 class Night:
-    """One night of one tag: owns the workspace, the executor and the ledger."""
+    """One night of one tag: owns the workspace, the workers, the ledger and every decision."""
 
     def __init__(self, settings: NightSettings, agent: Agent, console: Console | None = None) -> None:
         self.settings = settings
@@ -222,16 +287,25 @@ class Night:
         self.ledger = Ledger(self.paths)
         self.info: NightInfo | None = None
         self.workspace: Workspace | None = None
-        self.executor: Executor | None = None
+        self.workers: Workers | None = None
         self.deadline = 0.0
+        self.spent_before = 0.0  # seconds of the budget spent before this process took the night over
+        self.started = time.monotonic()
         self.agent_failures = 0
-        self._status = None  # the live line of a terminal, while a subprocess runs
-        self._label = ""
+        self.records: list[RunRecord] = []
+        self.flights: dict[str, Flight] = {}
+        self.jobs: dict[Future, tuple[Flight, Job]] = {}
+        self.stop_reason: str | None = None
+        self._agents: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the flights' phases: set by worker threads, read by this one
+        self._status = None  # the live line of a terminal
 
     # ------------------------------------------------------------------------------------ setup
 
     def _start(self) -> None:
         s, paths = self.settings, self.paths
+        if s.executor == "local":
+            worker_shares(s.workers, s.cpus_per_run)  # too few cores: said before the night is created
         worktree = paths.runs / "worktree"
         existing = NightInfo.read(paths)
         if s.resume:
@@ -259,28 +333,48 @@ class Night:
                 base_commit=self.workspace.head,
                 branch=self.workspace.branch,
                 dataset=str(s.dataset),
+                workers=s.workers,
+                executor=s.executor,
             )
         self.info.write(paths)
-        records = self.ledger.read()
-        self._restore(records)
-        used = sum(r.timings.total_s for r in records)
-        self.deadline = time.monotonic() + max(0.0, self.info.budget_s - used)
+        self.records = self.ledger.read()
+        self._restore()
+        self.spent_before = self.info.spent_s if self.info.spent_s is not None else self._summed()
+        self.started = time.monotonic()
+        self.deadline = self.started + max(0.0, self.info.budget_s - self.spent_before)
         # The judge: the pinned files and experiment configs of the base commit, never the worktree's.
         judge = extract_judge(paths.root, self.info.base_commit, paths.runs / "judge")
-        self.executor = Executor(self.workspace.path, s.dataset, on_tick=self._tick, judge_root=judge)
         for kind in s.model_kinds:
             task = load_task(judge / EXPERIMENTS[kind])
             build_cache(s.dataset, task.canvas, task.data.split())
+        self.workers = self._make_workers(judge)
+        if s.workers > 1 or s.executor != "local":
+            self.console.print(f"workers: {self.workers.describe()}", highlight=False)
+        workers = s.workers + s.proposals_ahead if getattr(self.agent, "concurrent", False) else 1
+        self._agents = ThreadPoolExecutor(workers, thread_name_prefix="agent")
 
-    def _restore(self, records: list[RunRecord]) -> None:
-        """After a kill: the branch back at the best commit, the run in flight forgotten (it runs again)."""
-        best = best_run(records)
+    def _make_workers(self, judge: Path) -> Workers:
+        s = self.settings
+        if s.executor == "ray":
+            from harness.ray_workers import RayWorkers
+
+            return RayWorkers(
+                s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run, s.address, self._on_phase
+            )
+        return LocalWorkers(s.dataset, judge, s.workers, s.cpus_per_run, on_phase=self._on_phase)
+
+    def _summed(self) -> float:
+        """The budget a night spent, for a night written before night.json kept it: its runs' own time."""
+        return sum(r.timings.total_s for r in self.records)
+
+    def _restore(self) -> None:
+        """After a kill: the branch back at the best commit; a commit made for a run that never got its
+        pending.json is set aside (its proposal is asked for again)."""
+        best = best_run(self.records)
         target = best.commit if best and best.commit else self.info.base_commit
         if self.workspace.head != target or self.workspace.repo.is_dirty(untracked_files=True):
-            if self.workspace.head != target and records:
-                self.workspace.set_aside(
-                    f"{run_id_for(self.settings.tag, len(records))}-interrupted", self.workspace.head
-                )
+            if self.workspace.head != target and self.records:
+                self.workspace.set_aside(f"interrupted-{self.workspace.head[:7]}", self.workspace.head)
             self.workspace.reset(target)
         self.paths.current.unlink(missing_ok=True)
 
@@ -289,131 +383,175 @@ class Night:
     def run(self) -> NightInfo:
         """Run the night to its end; returns its NightInfo (with end_reason)."""
         self._start()
-        reason = "budget spent"
         try:
-            while True:
-                records = self.ledger.read()
-                if self.settings.max_runs is not None and len(records) >= self.settings.max_runs:
-                    reason = f"--max-runs {self.settings.max_runs} reached"
-                    break
-                if not self._fits(records):
-                    break
-                with self._spinner():
-                    self._one_run(records)
-                if not records:  # that was the baseline: every later run is judged against it
-                    baseline = self.ledger.read()[0]
-                    if baseline.status != RunStatus.KEEP:
-                        raise NightEnded(
-                            f"the baseline run failed ({baseline.reason}); fix it before a night"
-                        )
+            with self._spinner():
+                reason = self._fly()
         except NightEnded as end:
+            self._close(cancel=True)
             reason = str(end)
         except KeyboardInterrupt:
-            reason = "interrupted (Ctrl-C)"
-            self._finish(reason, finished=False)
+            self._close(cancel=True)
+            self._finish("interrupted (Ctrl-C)", finished=False)
             raise
+        except BaseException:
+            self._close(cancel=True)
+            raise
+        self._close(cancel=False)
         self._finish(reason, finished=True)
         return self.info
 
-    def _finish(self, reason: str, finished: bool) -> None:
-        self.paths.current.unlink(missing_ok=True)
-        self.info.end_reason = reason
-        self.info.finished_at = now() if finished else None
-        self.info.write(self.paths)
-        summary = reports.render_summary(self.paths)
-        self.console.print(f"[bold]night {self.settings.tag} ended:[/bold] {reason}. Summary: {summary}")
-        if not finished:
-            self.console.print(f"continue it with `harness run --resume {self.settings.tag}`")
+    def _close(self, cancel: bool) -> None:
+        """Workers ended (their subprocesses killed, with `cancel`); agents still thinking are left to end
+        on their own (their answers are not used)."""
+        if self.workers is not None:
+            self.workers.close(cancel=cancel)
+        if self._agents is not None:
+            self._agents.shutdown(wait=False, cancel_futures=True)
 
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+    def _fly(self) -> str:
+        """Keep the workers busy until the night must end; returns why it ended."""
+        self._resume_flights()
+        while True:
+            self._ask_for_proposals()
+            self._dispatch()
+            if not self.flights:
+                return self.stop_reason or "budget spent"
+            self._wait_and_handle()
 
-    def _estimate(self, records: list[RunRecord]) -> float:
-        """Seconds the next run will take: the measured phases of earlier runs, or guesses at first.
+    def _wait_and_handle(self) -> None:
+        futures = [*self.jobs, *(f.proposal for f in self.flights.values() if f.proposal is not None)]
+        done, _ = wait(futures, timeout=TICK_S, return_when=FIRST_COMPLETED)
+        for future in sorted(done, key=self._order):
+            if future in self.jobs:
+                flight, job = self.jobs.pop(future)
+                flight.running -= 1
+                if flight.run_id in self.flights:  # not recorded meanwhile
+                    self._job_done(flight, job, future.result())
+            else:
+                flight = next(f for f in self.flights.values() if f.proposal is future)
+                flight.proposal = None
+                self._proposal_done(flight, future)
+        self._tick()
 
-        The baseline trains every one of its seeds; a candidate is counted for one seed: its confirmation
-        starts only if it fits in what is left then.
-        """
-        agent = [r.timings.agent_s for r in records if not r.is_baseline]
-        overhead = [r.timings.overhead_s for r in records]
-        d = DEFAULT_ESTIMATES
-        seeds = self.settings.baseline_seeds if not records else 1
-        return (
-            (0.0 if not records else _typical(agent, self.agent.typical_s))
-            + _typical(overhead, d["overhead_s"] + d["smoke_s"])
-            + seeds * self._trial_estimate(records)
-        )
+    def _order(self, future: Future) -> int:
+        """What ended within one wait is handled in run order: decisions do not hang on thread timing."""
+        if future in self.jobs:
+            return self.jobs[future][0].run.index
+        flight = next((f for f in self.flights.values() if f.proposal is future), None)
+        return flight.run.index if flight else 0
 
-    def _trial_estimate(self, records: list[RunRecord]) -> float:
-        """Seconds one seed takes: training (the budget and its startup, as measured) and the val judge."""
-        trials = [t for r in records for t in r.trials if t.ok]
-        d = DEFAULT_ESTIMATES
-        return _typical([t.train_s for t in trials], self.settings.per_run_s + d["startup_s"]) + _typical(
-            [t.eval_s for t in trials],
-            5.0 + 0.03 * self.settings.eval_samples,  # ~20 s for the judge's 512 samples
-        )
+    # ------------------------------------------------------------------------- starting runs
 
-    def _fits(self, records: list[RunRecord]) -> bool:
-        need, left = self._estimate(records), self.remaining()
-        if need > left:
-            self.console.print(
-                f"[yellow]{reports.fmt_duration(left)} left, a run needs about {reports.fmt_duration(need)}: "
-                "stopping here[/yellow]"
-            )
-            return False
-        return True
+    def _next_index(self) -> int:
+        used = {r.index for r in self.records} | {f.run.index for f in self.flights.values()}
+        return next(i for i in range(len(used) + 1) if i not in used)
 
-    # -------------------------------------------------------------------------------------- one run
+    def _best(self) -> tuple[RunRecord | None, str]:
+        best = best_run(self.records)
+        return best, best.commit if best and best.commit else self.info.base_commit
 
-    def _one_run(self, records: list[RunRecord]) -> None:
-        index = len(records)
-        run = RunOutcome(run_id_for(self.settings.tag, index), index)
-        run_dir = self.paths.run_dir(run.run_id)
-        best = best_run(records)
-        best_commit = best.commit if best and best.commit else self.info.base_commit
-        self._announce(run, best)
-        pending = self._resumable(run, run_dir)
-        if pending is None:
-            pending = self._prepare(run, records, run_dir, best, best_commit)
-            if pending is None:
+    def _stop(self, reason: str) -> None:
+        """No new run from now on; the runs in flight finish. The first reason is the night's."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _ask_for_proposals(self) -> None:
+        """Ask the agent for proposals while fewer runs are in flight than workers + backlog (none until the
+        baseline is decided: every proposal sees it)."""
+        s = self.settings
+        while self.stop_reason is None:
+            if s.max_runs is not None and len(self.records) + len(self.flights) >= s.max_runs:
+                if not self.flights:
+                    self._stop(f"--max-runs {s.max_runs} reached")
                 return
-        self._judge_seeds(run, pending, records, best, best_commit)
+            baseline_done = any(r.is_baseline for r in self.records)
+            if not baseline_done and self.flights:
+                return
+            if len(self.flights) >= (s.workers + s.proposals_ahead if baseline_done else 1):
+                return
+            if not self._fits():
+                if not self.flights:
+                    self._stop("budget spent")
+                return
+            self._new_flight(baseline=not baseline_done)
 
-    def _resumable(self, run: RunOutcome, run_dir: Path) -> PendingRun | None:
-        """A run killed after one of its seeds was judged goes on from there; any other starts over."""
-        pending = PendingRun.read(run_dir) if run_dir.exists() else None
-        if pending is None or not pending.trials or not pending.record.get("commit"):
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # a run killed before its ledger line: it starts over
-            run_dir.mkdir(parents=True)
-            return None
-        self.workspace.reset(pending.record["commit"])
-        run.timings = pending.timings
-        self.console.print(
-            f"  {run.run_id} · resumed at {pending.record['commit'][:7]} "
-            f"after {len(pending.trials)} judged seed(s)",
-            highlight=False,
-        )
-        return pending
+    def _new_flight(self, baseline: bool) -> None:
+        index = 0 if baseline else self._next_index()
+        run = RunOutcome(run_id_for(self.settings.tag, index), index)
+        best, best_commit = self._best()
+        flight = Flight(run, best, best_commit)
+        self.flights[run.run_id] = flight
+        run_dir = self.paths.run_dir(run.run_id)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a run killed before it was committed: it starts over
+        run_dir.mkdir(parents=True)
+        self._announce(flight)
+        if baseline:
+            proposal = Proposal(
+                hypothesis="baseline: the code and configs of the night's base commit, unchanged",
+                rationale="Every later run is judged against the best run, starting from this one.",
+            )
+            self._prepare(flight, proposal)
+            return
+        self._phase(flight, "agent")
+        context = self._context(flight)
+        flight.proposal = self._agents.submit(self._propose, context)
 
-    def _prepare(
-        self,
-        run: RunOutcome,
-        records: list[RunRecord],
-        run_dir: Path,
-        best: RunRecord | None,
-        best_commit: str,
-    ) -> PendingRun | None:
-        """Propose, apply, check, commit, smoke-test: a run ready to train, or None (recorded as rejected)."""
-        proposal = self._propose(run, records, run_dir)
-        if proposal is None:
-            return None
+    def _propose(self, context: AgentContext) -> tuple[Proposal, float]:
+        start = time.monotonic()
+        try:
+            return self.agent.propose(context), time.monotonic() - start
+        except AgentError as err:
+            err.seconds = time.monotonic() - start
+            raise
+
+    def _proposal_done(self, flight: Flight, future: Future) -> None:
+        run = flight.run
+        if flight.proposal_tree is not None:
+            shutil.rmtree(flight.proposal_tree, ignore_errors=True)
+        try:
+            proposal, seconds = future.result()
+        except AgentExhausted as done:
+            del self.flights[run.run_id]  # never a run: its id is the next one's
+            shutil.rmtree(self.paths.run_dir(run.run_id), ignore_errors=True)
+            self._stop(f"the agent has nothing more to propose ({done})")
+            return
+        except AgentError as err:
+            self.agent_failures += 1
+            self._note_model(err.meta)
+            run.timings.agent_s = getattr(err, "seconds", 0.0)
+            record = dict(
+                run_id=run.run_id,
+                index=run.index,
+                tag=self.settings.tag,
+                parent=flight.best.run_id if flight.best else None,
+                hypothesis="(no proposal)",
+                tokens=err.tokens,  # a failed proposal still cost what it cost
+                agent_meta=err.meta,
+                started_at=run.started_at,
+            )
+            self._record(
+                flight, record, status=RunStatus.REJECTED, reason=f"agent error: {err}", error_tail=str(err)
+            )
+            if self.agent_failures >= MAX_AGENT_FAILURES:
+                self._stop(f"the agent failed {self.agent_failures} times in a row: {err}")
+            return
+        self.agent_failures = 0
+        run.timings.agent_s = seconds
+        self._note_model(proposal.meta)
+        self._prepare(flight, proposal)
+
+    def _prepare(self, flight: Flight, proposal: Proposal) -> None:
+        """Apply, check and commit a proposal on its base commit, then queue its first job (smoke step,
+        first seed); a proposal that does not become a commit is recorded as rejected."""
+        run, run_dir = flight.run, self.paths.run_dir(flight.run_id)
         experiment = proposal.experiment or self.settings.experiment
+        flight.hypothesis = proposal.hypothesis
         record = dict(
             run_id=run.run_id,
             index=run.index,
             tag=self.settings.tag,
-            parent=best.run_id if best else None,
+            parent=flight.best.run_id if flight.best else None,
             hypothesis=proposal.hypothesis,
             rationale=proposal.rationale,
             experiment=experiment,
@@ -421,255 +559,27 @@ class Night:
             agent_meta=proposal.meta,
             started_at=run.started_at,
         )
-        self._phase(run, "validate", proposal.hypothesis)
+        self._phase(flight, "validate")
         try:
-            commit_sha, diff_stat = self._commit(proposal, run, run_dir, experiment, best_commit)
+            commit_sha, diff_stat = self._commit(proposal, flight, experiment)
         except ProposalRejected as rejection:
-            self.workspace.reset(best_commit)
+            self.workspace.reset(self._best()[1])
             self._record(
-                run, record, status=RunStatus.REJECTED, reason=str(rejection), error_tail=str(rejection)
+                flight, record, status=RunStatus.REJECTED, reason=str(rejection), error_tail=str(rejection)
             )
-            return None
+            return
         record.update(commit=commit_sha, diff_stat=diff_stat, model_kind=self._kind(experiment))
-        smoke = self.executor.smoke(experiment, run_dir / "smoke.log")
-        if not smoke.ok:
-            self._set_aside(run, commit_sha, best_commit)
-            self._record(
-                run,
-                record,
-                status=RunStatus.REJECTED,
-                reason=f"smoke step failed: {smoke.reason}",
-                error_tail=smoke.tail,
-            )
-            return None
-        return PendingRun(record=to_jsonable_python(record))
+        flight.pending = PendingRun(record=to_jsonable_python(record), timings=run.timings)
+        flight.pending.write(run_dir)
+        self._queue_trials(flight)
 
-    def _judge_seeds(
-        self,
-        run: RunOutcome,
-        pending: PendingRun,
-        records: list[RunRecord],
-        best: RunRecord | None,
-        best_commit: str,
-    ) -> None:
-        """Train and judge the run's seeds, decide, record.
-
-        The baseline trains `baseline_seeds` seeds: their spread is the noise floor. A candidate trains one;
-        if it clears the bar against the best's mean, a second seed must confirm it (the mean of both must
-        still clear the bar) before the branch advances; otherwise it is `unconfirmed`.
-        """
-        sha = pending.record["commit"]
-        noise = night_noise(records)
-        if run.index == 0:
-            while len(pending.trials) < self.settings.baseline_seeds:
-                trial, tail = self._trial(run, pending)
-                if not trial.ok:
-                    return self._fail_trial(run, pending, trial, tail, best_commit)
-            own = noise_floor([self._seeds(pending)])
-            seeds = [t.seed for t in pending.trials]
-            reason = f"baseline: the unchanged code on seeds {seeds}, the reference for every later run"
-            return self._decided(run, pending, RunStatus.KEEP, reason, own)
-
-        if not pending.trials:
-            trial, tail = self._trial(run, pending)
-            if not trial.ok:
-                return self._fail_trial(run, pending, trial, tail, best_commit)
-        first = pending.trials[0]
-        verdict = decide(first.metrics_val, best.metrics_val, best.run_id, noise)
-        if not verdict.keep:
-            self._set_aside(run, sha, best_commit)
-            return self._decided(run, pending, RunStatus.DISCARD, verdict.reason, noise)
-        if len(pending.trials) < 2:
-            need = self._trial_estimate(records)
-            if need > self.remaining():
-                self._set_aside(run, sha, best_commit)
-                reason = (
-                    f"seed {first.seed} cleared the bar ({verdict.reason}), but confirming it with a "
-                    f"second seed needs about {reports.fmt_duration(need)} and the night has "
-                    f"{reports.fmt_duration(max(0.0, self.remaining()))} left"
-                )
-                return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise)
-            self.console.print(
-                f"  {run.run_id} · cleared the bar on seed {first.seed}: confirming with another seed"
-            )
-            confirmation, tail = self._trial(run, pending)
-            if not confirmation.ok:
-                self._set_aside(run, sha, best_commit)
-                reason = (
-                    f"seed {first.seed} cleared the bar, but the confirmation run (seed {confirmation.seed}) "
-                    f"failed: {confirmation.reason}"
-                )
-                return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise, error_tail=tail)
-        seeds = [t.seed for t in pending.trials]
-        confirmed = decide(mean_metrics(self._seeds(pending)), best.metrics_val, best.run_id, noise)
-        if not confirmed.keep:
-            self._set_aside(run, sha, best_commit)
-            reason = (
-                f"seed {first.seed} cleared the bar; the mean of seeds {seeds} did not: {confirmed.reason}"
-            )
-            return self._decided(run, pending, RunStatus.UNCONFIRMED, reason, noise)
-        self._decided(run, pending, RunStatus.KEEP, f"confirmed on seeds {seeds}: {confirmed.reason}", noise)
-
-    def _trial(self, run: RunOutcome, pending: PendingRun) -> tuple[Trial, str]:
-        """Train and judge one more seed of the run's commit (saved in pending.json once judged); returns
-        it with the end of its failing log, if it failed."""
-        number = len(pending.trials)
-        seed = trial_seed(run.index, number)
-        directory = self.paths.trial_dir(run.run_id, number, seed)
-        if number > 0:
-            shutil.rmtree(directory, ignore_errors=True)  # a seed killed half-way trains again
-        experiment = pending.record["experiment"]
-        label = pending.record["hypothesis"]
-        self._phase(run, "train" if number == 0 else f"train seed {seed}", label)
-        trained = self.executor.train(
-            experiment,
-            directory,
-            self.settings.per_run_s,
-            self.settings.grace,
-            seed=seed,
-            timeout_s=self._train_timeout(),
-        )
-        trial = Trial(
-            seed=seed,
-            directory=str(directory.relative_to(self.paths.runs)),
-            train=train_summary(directory),
-            cpu_s=trained.cpu_s,
-            train_s=trained.seconds,
-        )
-        failed = None if trained.ok else trained
-        if trained.ok:
-            self._phase(run, "eval" if number == 0 else f"eval seed {seed}", label)
-            judged, metrics = self._evaluate(directory, "val", pending)
-            trial.eval_s = judged.seconds
-            trial.metrics_val = metrics or {}
-            failed = None if metrics is not None else judged
-        if failed is not None:
-            trial.ok, trial.status, trial.reason = False, failed.status, failed.reason
-        if number == 0:
-            run.timings.train_s += trial.train_s
-            run.timings.eval_s += trial.eval_s
-        else:
-            run.timings.confirm_s += trial.train_s + trial.eval_s
-        pending.trials.append(trial)
-        pending.timings = run.timings
-        if trial.ok:
-            pending.write(self.paths.run_dir(run.run_id))
-        return trial, "" if failed is None else failed.tail
-
-    def _evaluate(self, directory: Path, split: str, pending: PendingRun) -> tuple[StepResult, dict | None]:
-        """The pinned judge on one seed's run directory, on the night's task for the run's model kind."""
-        task = EXPERIMENTS[pending.record["model_kind"]]
-        return self.executor.evaluate(
-            directory, split, self.settings.eval_samples, self._eval_timeout(), task=task
-        )
-
-    @staticmethod
-    def _seeds(pending: PendingRun) -> list[dict]:
-        return [t.metrics_val for t in pending.trials if t.ok]
-
-    def _fail_trial(
-        self, run: RunOutcome, pending: PendingRun, trial: Trial, tail: str, best_commit: str
-    ) -> None:
-        """A seed that crashed or timed out: the run is a crash or timeout, with that seed's log tail."""
-        self._set_aside(run, pending.record["commit"], best_commit)
-        reason = trial.reason if len(pending.trials) == 1 else f"seed {trial.seed}: {trial.reason}"
-        self._record(
-            run,
-            pending.record,
-            status=trial.status,
-            reason=reason,
-            error_tail=tail,
-            trials=pending.trials,
-            metrics_val=mean_metrics(self._seeds(pending)),
-        )
-
-    def _decided(
-        self,
-        run: RunOutcome,
-        pending: PendingRun,
-        status: RunStatus,
-        reason: str,
-        noise: NoiseFloor,
-        error_tail: str | None = None,
-    ) -> None:
-        """Record a judged run; a kept one is judged on test too (every seed, averaged)."""
-        test = None
-        if status == RunStatus.KEEP:
-            self._phase(run, "eval test", pending.record["hypothesis"])
-            for number, trial in enumerate(pending.trials):
-                if not trial.ok:
-                    continue
-                tested, trial.metrics_test = self._evaluate(
-                    self.paths.runs / trial.directory, "test", pending
-                )
-                if number == 0:
-                    run.timings.eval_s += tested.seconds
-                else:
-                    run.timings.confirm_s += tested.seconds
-            tests = [t.metrics_test for t in pending.trials if t.metrics_test]
-            test = mean_metrics(tests) if tests else None
-        self._record(
-            run,
-            pending.record,
-            status=status,
-            reason=reason,
-            metrics_val=mean_metrics(self._seeds(pending)),
-            metrics_test=test,
-            trials=pending.trials,
-            noise=noise,
-            error_tail=error_tail,
-        )
-
-    def _propose(self, run: RunOutcome, records: list[RunRecord], run_dir: Path) -> Proposal | None:
-        if run.index == 0:
-            return Proposal(
-                hypothesis="baseline: the code and configs of the night's base commit, unchanged",
-                rationale="Every later run is judged against the best run, starting from this one.",
-            )
-        self._phase(run, "agent", "")
-        context = self._context(run, records, run_dir)
-        start = time.monotonic()
-        try:
-            proposal = self.agent.propose(context)
-            self.agent_failures = 0
-            self._note_model(proposal.meta)
-            return proposal
-        except AgentExhausted as done:
-            raise NightEnded(f"the agent has nothing more to propose ({done})") from None
-        except AgentError as err:
-            self.agent_failures += 1
-            self._note_model(err.meta)
-            run.timings.agent_s = time.monotonic() - start
-            record = dict(
-                run_id=run.run_id,
-                index=run.index,
-                tag=self.settings.tag,
-                hypothesis="(no proposal)",
-                tokens=err.tokens,  # a failed proposal still cost what it cost
-                agent_meta=err.meta,
-            )
-            self._record(
-                run, record, status=RunStatus.REJECTED, reason=f"agent error: {err}", error_tail=str(err)
-            )
-            if self.agent_failures >= MAX_AGENT_FAILURES:
-                raise NightEnded(f"the agent failed {self.agent_failures} times in a row: {err}") from None
-            return None
-        finally:
-            run.timings.agent_s = time.monotonic() - start
-
-    def _note_model(self, meta: dict) -> None:
-        """night.json names the LLM that answered, when the night did not name one (`--model` left out)."""
-        answered = meta.get("model")
-        if self.info.agent_model is None and isinstance(answered, str) and answered:
-            self.info.agent_model = answered
-            self.info.write(self.paths)
-
-    def _commit(
-        self, proposal: Proposal, run: RunOutcome, run_dir: Path, experiment: str, best_commit: str
-    ) -> tuple[str, str]:
-        """Apply and check the proposal, then commit it; the baseline is the base commit itself."""
-        if run.index == 0:
-            return self.workspace.head, ""
+    def _commit(self, proposal: Proposal, flight: Flight, experiment: str) -> tuple[str, str]:
+        """The proposal as a commit on its base (the baseline is the base commit itself), kept under
+        refs/harness/<tag>/<run-id>; the branch stays at the best commit."""
+        run, run_dir = flight.run, self.paths.run_dir(flight.run_id)
+        if flight.is_baseline:
+            return self.info.base_commit, ""
+        self.workspace.reset(flight.base_commit)
         try:
             changed = self.workspace.apply(proposal)
             self.workspace.check(changed, base_commit=self.info.base_commit)
@@ -685,6 +595,8 @@ class Night:
             if diff:
                 atomic_write_text(run_dir / reports.PROPOSAL_DIFF, diff + "\n")
             raise
+        self.workspace.set_aside(run.run_id, commit.sha)
+        self.workspace.reset(self._best()[1])
         atomic_write_text(run_dir / reports.PROPOSAL_DIFF, commit.diff + "\n")
         return commit.sha, commit.diff_stat
 
@@ -696,6 +608,377 @@ class Night:
             )
         return kind
 
+    def _resume_flights(self) -> None:
+        """The runs a killed night had in flight, each from its commit and the seeds it had judged."""
+        known = {r.run_id for r in self.records}
+        for pending_file in sorted(self.paths.runs.glob(f"*/{PENDING_FILE}")):
+            pending = PendingRun.read(pending_file.parent)
+            run_id = pending.record.get("run_id") if pending else None
+            if pending is None or run_id in known or not pending.record.get("commit"):
+                continue
+            run = RunOutcome(run_id, int(pending.record["index"]), timings=pending.timings)
+            best, best_commit = self._best()
+            flight = Flight(run, best, best_commit, hypothesis=pending.record.get("hypothesis", ""))
+            flight.pending = pending
+            self.flights[run_id] = flight
+            self.console.print(
+                f"  {run_id} · resumed at {pending.record['commit'][:7]} after {len(pending.trials)} judged "
+                "seed(s)",
+                highlight=False,
+            )
+            if pending.trials and not flight.is_baseline:
+                self._judged(flight)  # decided again against the best now
+            else:
+                self._queue_trials(flight)
+
+    # ---------------------------------------------------------------------------------------- jobs
+
+    def _queue_trials(self, flight: Flight) -> None:
+        """The seeds a run still needs: the baseline's all (side by side when workers allow), a
+        candidate's first (with the smoke step)."""
+        wanted = self.settings.baseline_seeds if flight.is_baseline else 1
+        first = not flight.pending.trials
+        for number in range(len(flight.pending.trials), wanted):
+            flight.queued.append(self._trial_job(flight, number, smoke=first and number == 0))
+
+    def _trial_job(self, flight: Flight, number: int, smoke: bool = False) -> Job:
+        seed = trial_seed(flight.run.index, number)
+        directory = self.paths.trial_dir(flight.run_id, number, seed)
+        if number > 0:
+            shutil.rmtree(directory, ignore_errors=True)  # a seed killed half-way trains again
+        record = flight.pending.record
+        return Job(
+            run_id=flight.run_id,
+            label="train" if number == 0 else f"train seed {seed}",
+            directory=directory,
+            experiment=record["experiment"],
+            task=EXPERIMENTS[record["model_kind"]],
+            eval_samples=self.settings.eval_samples,
+            eval_timeout_s=self._eval_timeout(),
+            seed=seed,
+            smoke=smoke,
+            budget_s=self.settings.per_run_s,
+            grace_s=self.settings.grace,
+            train_timeout_s=self._train_timeout(),
+        )
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to free workers, the oldest run's first (a confirmation before a new run)."""
+        for flight in sorted(self.flights.values(), key=lambda f: f.run.index):
+            while flight.queued and self.workers.free() > 0:
+                job = flight.queued.pop(0)
+                if job.train and self._tree(flight) is None:
+                    return
+                if job.train:
+                    job = self._refresh_timeout(job)
+                future = self.workers.submit(job, flight.tree)
+                flight.running += 1
+                self.jobs[future] = (flight, job)
+
+    def _refresh_timeout(self, job: Job) -> Job:
+        """A job's wall-clock limit as it starts: never past the night's end plus the grace."""
+        return replace(job, train_timeout_s=self._train_timeout())
+
+    def _tree(self, flight: Flight) -> Path | None:
+        if flight.tree is None:
+            flight.tree = export_tree(
+                self.workspace.repo,
+                flight.pending.record["commit"],
+                self.paths.runs / "trees" / flight.run_id,
+            )
+        return flight.tree
+
+    def _job_done(self, flight: Flight, job: Job, result: JobResult) -> None:
+        if not job.train:  # a kept run's test split (a lost one leaves its test metrics missing)
+            number = next(
+                i
+                for i, t in enumerate(flight.pending.trials)
+                if self.paths.runs / t.directory == job.directory
+            )
+            trial = flight.pending.trials[number]
+            trial.metrics_test = result.metrics
+            seconds = result.judged.seconds if result.judged else 0.0
+            if number == 0:
+                flight.run.timings.eval_s += seconds
+            else:
+                flight.run.timings.confirm_s += seconds
+            flight.tests -= 1
+            if flight.tests == 0:
+                self._kept(flight)
+            return
+        if result.smoke is not None and not result.smoke.ok:
+            self._record(
+                flight,
+                flight.pending.record,
+                status=RunStatus.REJECTED,
+                reason=f"smoke step failed: {result.smoke.reason}",
+                error_tail=result.smoke.tail,
+            )
+            return
+        trial = self._trial(flight, job, result)
+        failed = result.failed
+        if result.lost is not None:
+            trial.ok, trial.status = False, RunStatus.LOST
+            trial.reason = f"its worker died twice under it ({result.lost})"
+        elif failed is not None:
+            trial.ok, trial.status, trial.reason = False, failed.status, failed.reason
+        flight.pending.trials.append(trial)
+        flight.pending.trials.sort(key=lambda t: t.seed)
+        flight.pending.timings = flight.run.timings
+        if trial.ok:
+            flight.pending.write(self.paths.run_dir(flight.run_id))
+        if flight.running or flight.queued:
+            return  # the baseline's other seeds are still training
+        self._judged(flight, "" if failed is None else failed.tail)
+
+    def _trial(self, flight: Flight, job: Job, result: JobResult) -> Trial:
+        trained = result.trained or StepResult(False, 0.0)
+        judged = result.judged
+        trial = Trial(
+            seed=job.seed,
+            directory=str(job.directory.relative_to(self.paths.runs)),
+            train=train_summary(job.directory),
+            cpu_s=trained.cpu_s,
+            train_s=trained.seconds,
+            eval_s=judged.seconds if judged else 0.0,
+            metrics_val=result.metrics or {},
+            worker=result.worker,
+            started_at=result.started_at,
+        )
+        t = flight.run.timings
+        if job.label == "train":
+            t.train_s += trial.train_s
+            t.eval_s += trial.eval_s
+        else:
+            t.confirm_s += trial.train_s + trial.eval_s
+        return trial
+
+    # ------------------------------------------------------------------------------------ decisions
+
+    def _judged(self, flight: Flight, tail: str = "") -> None:
+        """Every seed asked for is judged (or one failed): decide, or ask for a confirmation.
+
+        The baseline trains `baseline_seeds` seeds: their spread is the noise floor. A candidate trains one;
+        if it clears the bar against the best's mean (the best now, not when it was proposed), a second seed
+        must confirm it (the mean of both must still clear the bar against the best then) before the branch
+        advances; otherwise it is `unconfirmed`.
+        """
+        pending = flight.pending
+        failed = next((t for t in pending.trials if not t.ok), None)
+        if flight.is_baseline:
+            if failed is not None:
+                return self._fail_trial(flight, failed, tail)
+            seeds = [t.seed for t in pending.trials]
+            reason = f"baseline: the unchanged code on seeds {seeds}, the reference for every later run"
+            return self._decided(flight, RunStatus.KEEP, reason, noise_floor([self._seeds(pending)]))
+        noise = night_noise(self.records)
+        best = best_run(self.records)
+        first = pending.trials[0]
+        if not first.ok:
+            return self._fail_trial(flight, first, tail)
+        verdict = decide(first.metrics_val, best.metrics_val, best.run_id, noise)
+        if not verdict.keep:
+            return self._decided(flight, RunStatus.DISCARD, verdict.reason, noise)
+        if len(pending.trials) < 2:
+            need = self._trial_estimate()
+            if need > self.remaining():
+                reason = (
+                    f"seed {first.seed} cleared the bar ({verdict.reason}), but confirming it with a "
+                    f"second seed needs about {reports.fmt_duration(need)} and the night has "
+                    f"{reports.fmt_duration(max(0.0, self.remaining()))} left"
+                )
+                return self._decided(flight, RunStatus.UNCONFIRMED, reason, noise)
+            self.console.print(
+                f"  {flight.run_id} · cleared the bar on seed {first.seed}: confirming with another seed"
+            )
+            flight.queued.append(self._trial_job(flight, 1))
+            return
+        confirmation = pending.trials[1]
+        if not confirmation.ok:
+            reason = (
+                f"seed {first.seed} cleared the bar, but the confirmation run (seed {confirmation.seed}) "
+                f"failed: {confirmation.reason}"
+            )
+            return self._decided(flight, RunStatus.UNCONFIRMED, reason, noise, error_tail=tail)
+        seeds = [t.seed for t in pending.trials]
+        confirmed = decide(mean_metrics(self._seeds(pending)), best.metrics_val, best.run_id, noise)
+        if not confirmed.keep:
+            reason = (
+                f"seed {first.seed} cleared the bar; the mean of seeds {seeds} did not: {confirmed.reason}"
+            )
+            return self._decided(flight, RunStatus.UNCONFIRMED, reason, noise)
+        self._decided(flight, RunStatus.KEEP, f"confirmed on seeds {seeds}: {confirmed.reason}", noise)
+
+    @staticmethod
+    def _seeds(pending: PendingRun) -> list[dict]:
+        return [t.metrics_val for t in pending.trials if t.ok]
+
+    def _fail_trial(self, flight: Flight, trial: Trial, tail: str) -> None:
+        """A seed that crashed or timed out: the run is a crash or timeout, with that seed's log tail."""
+        pending = flight.pending
+        reason = trial.reason if len(pending.trials) == 1 else f"seed {trial.seed}: {trial.reason}"
+        self._record(
+            flight,
+            pending.record,
+            status=trial.status,
+            reason=reason,
+            error_tail=tail,
+            trials=pending.trials,
+            metrics_val=mean_metrics(self._seeds(pending)),
+        )
+
+    def _decided(
+        self,
+        flight: Flight,
+        status: RunStatus,
+        reason: str,
+        noise: NoiseFloor,
+        error_tail: str | None = None,
+    ) -> None:
+        """Record a judged run; a kept one is judged on test first (every seed, side by side)."""
+        if status != RunStatus.KEEP:
+            return self._record(
+                flight,
+                flight.pending.record,
+                status=status,
+                reason=reason,
+                metrics_val=mean_metrics(self._seeds(flight.pending)),
+                trials=flight.pending.trials,
+                noise=noise,
+                error_tail=error_tail,
+            )
+        flight.verdict, flight.noise = reason, noise
+        for trial in flight.pending.trials:
+            if trial.ok:
+                flight.queued.append(self._test_job(flight, self.paths.runs / trial.directory))
+                flight.tests += 1
+
+    def _test_job(self, flight: Flight, directory: Path) -> Job:
+        return Job(
+            run_id=flight.run_id,
+            label="eval test",
+            directory=directory,
+            experiment=flight.pending.record["experiment"],
+            task=EXPERIMENTS[flight.pending.record["model_kind"]],
+            eval_samples=self.settings.eval_samples,
+            eval_timeout_s=self._eval_timeout(),
+            split="test",
+            train=False,
+        )
+
+    def _kept(self, flight: Flight) -> None:
+        """A keep whose test split is judged: it becomes the best, unless a run kept meanwhile beat it."""
+        pending = flight.pending
+        metrics = mean_metrics(self._seeds(pending))
+        noise = flight.noise
+        best = best_run(self.records)
+        status, reason = RunStatus.KEEP, flight.verdict
+        if (
+            best is not None
+            and not flight.is_baseline
+            and best.run_id != (flight.best.run_id if flight.best else None)
+        ):
+            again = decide(metrics, best.metrics_val, best.run_id, noise)
+            if not again.keep:
+                status = RunStatus.DISCARD
+                reason = f"{flight.verdict}; but {best.run_id} was kept meanwhile: {again.reason}"
+        tests = [t.metrics_test for t in pending.trials if t.metrics_test]
+        if status == RunStatus.KEEP and not flight.is_baseline:
+            self.workspace.reset(pending.record["commit"])  # the branch tip is the best commit
+            self.workspace.repo.git.update_ref("-d", f"refs/harness/{self.settings.tag}/{flight.run_id}")
+        self._record(
+            flight,
+            pending.record,
+            status=status,
+            reason=reason,
+            metrics_val=metrics,
+            metrics_test=mean_metrics(tests) if tests else None,
+            trials=pending.trials,
+            noise=noise,
+        )
+
+    def _record(self, flight: Flight, record: dict, **fields: object) -> None:
+        """Write the run's report, then its ledger line (the commit point), then the summary."""
+        run = flight.run
+        self._phase(flight, "report")
+        record = {k: v for k, v in record.items() if k not in fields}
+        final = RunRecord(**{**record, **fields}, timings=run.timings, finished_at=now())
+        reports.render_run(self.paths, final, [*self.records, final])
+        t = run.timings
+        t.overhead_s = max(0.0, time.monotonic() - run.started - (t.total_s - t.overhead_s))
+        final = final.model_copy(update={"timings": t, "finished_at": now()})
+        with deferred_interrupt():
+            self.ledger.append(final)
+            self.records.append(final)
+            self.info.spent_s = self.spent()
+            self.info.write(self.paths)
+        (self.paths.run_dir(run.run_id) / PENDING_FILE).unlink(missing_ok=True)
+        del self.flights[run.run_id]
+        if flight.tree is not None:
+            self.workers.forget(flight.tree)
+            shutil.rmtree(flight.tree, ignore_errors=True)
+        self._write_activity()
+        reports.render_summary(self.paths)
+        self._report_result(final)
+        if final.is_baseline and final.status != RunStatus.KEEP:  # every later run is judged against it
+            raise NightEnded(f"the baseline run failed ({final.reason}); fix it before a night")
+
+    def _finish(self, reason: str, finished: bool) -> None:
+        self.paths.current.unlink(missing_ok=True)
+        self.info.end_reason = reason
+        self.info.finished_at = now() if finished else None
+        self.info.spent_s = self.spent()
+        self.info.write(self.paths)
+        summary = reports.render_summary(self.paths)
+        self.console.print(f"[bold]night {self.settings.tag} ended:[/bold] {reason}. Summary: {summary}")
+        if not finished:
+            self.console.print(f"continue it with `harness run --resume {self.settings.tag}`")
+
+    # ----------------------------------------------------------------------------------- the budget
+
+    def spent(self) -> float:
+        """Seconds of the budget spent: before this process, and since it took the night over."""
+        return self.spent_before + (time.monotonic() - self.started)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _estimate(self) -> float:
+        """Seconds the next run will take: the measured phases of earlier runs, or guesses at first.
+
+        The baseline trains every one of its seeds (side by side when workers allow); a candidate is
+        counted for one seed: its confirmation starts only if it fits in what is left then.
+        """
+        records = self.records
+        agent = [r.timings.agent_s for r in records if not r.is_baseline]
+        overhead = [r.timings.overhead_s for r in records]
+        d = DEFAULT_ESTIMATES
+        seeds = 1 if records else -(-self.settings.baseline_seeds // self.settings.workers)
+        return (
+            (0.0 if not records else _typical(agent, self.agent.typical_s))
+            + _typical(overhead, d["overhead_s"] + d["smoke_s"])
+            + seeds * self._trial_estimate()
+        )
+
+    def _trial_estimate(self) -> float:
+        """Seconds one seed takes: training (the budget and its startup, as measured) and the val judge."""
+        trials = [t for r in self.records for t in r.trials if t.ok]
+        d = DEFAULT_ESTIMATES
+        return _typical([t.train_s for t in trials], self.settings.per_run_s + d["startup_s"]) + _typical(
+            [t.eval_s for t in trials],
+            5.0 + 0.03 * self.settings.eval_samples,  # ~20 s for the judge's 512 samples
+        )
+
+    def _fits(self) -> bool:
+        need, left = self._estimate(), self.remaining()
+        if need > left:
+            self.console.print(
+                f"[yellow]{reports.fmt_duration(left)} left, a run needs about {reports.fmt_duration(need)}: "
+                "starting no more runs[/yellow]"
+            )
+            return False
+        return True
+
     def _eval_timeout(self) -> float:
         return max(EVAL_TIMEOUT_S, 0.5 * self.settings.per_run_s)
 
@@ -703,34 +986,30 @@ class Night:
         """Wall clock allowed to one training: TRAIN_SLACK budgets, never past the night's end, plus grace."""
         return min(TRAIN_SLACK * self.settings.per_run_s, max(0.0, self.remaining())) + self.settings.grace
 
-    def _set_aside(self, run: RunOutcome, sha: str | None, best_commit: str) -> None:
-        if run.index > 0:
-            self.workspace.set_aside(run.run_id, sha)
-            self.workspace.reset(best_commit)
-
-    def _record(self, run: RunOutcome, record: dict, **fields: object) -> None:
-        """Write the run's report, then its ledger line (the commit point), then the summary."""
-        self._phase(run, "report", str(record.get("hypothesis", "")))
-        final = RunRecord(**{**record, **fields}, timings=run.timings, finished_at=now())
-        records = [*self.ledger.read(), final]
-        reports.render_run(self.paths, final, records)
-        t = run.timings
-        t.overhead_s = max(0.0, time.monotonic() - run.started - (t.total_s - t.overhead_s))
-        final = final.model_copy(update={"timings": t, "finished_at": now()})
-        with deferred_interrupt():
-            self.ledger.append(final)
-        (self.paths.run_dir(run.run_id) / PENDING_FILE).unlink(missing_ok=True)
-        reports.render_summary(self.paths)
-        self._report_result(final)
-
     # ------------------------------------------------------------------------------------ the agent
 
-    def _context(self, run: RunOutcome, records: list[RunRecord], run_dir: Path) -> AgentContext:
+    def _note_model(self, meta: dict) -> None:
+        """night.json names the LLM that answered, when the night did not name one (`--model` left out)."""
+        answered = meta.get("model")
+        if self.info.agent_model is None and isinstance(answered, str) and answered:
+            self.info.agent_model = answered
+            self.info.write(self.paths)
+
+    def _context(self, flight: Flight) -> AgentContext:
+        """What the agent sees for one proposal: the night so far, the runs in flight, and the tree of the
+        best commit now (its own copy: other proposals and runs never change it under it)."""
+        run, records = flight.run, self.records
+        run_dir = self.paths.run_dir(run.run_id)
+        tree = export_tree(
+            self.workspace.repo, flight.base_commit, self.paths.runs / "trees" / f"{run.run_id}.base"
+        )
+        flight.proposal_tree = tree
         best, baseline = best_run(records), baseline_run(records)
         experiment = self.settings.experiment
         feedback = [
             reports.feedback(self.paths, r, records, root=self.paths.root) for r in records[-FEEDBACK_RUNS:]
         ]
+        in_flight = [f for f in self.flights.values() if f is not flight and f.hypothesis]
         state = PromptState(
             tag=self.settings.tag,
             index=run.index,
@@ -738,48 +1017,69 @@ class Night:
             per_run_s=self.settings.per_run_s,
             model_kinds=self.settings.model_kinds,
             experiment=experiment,
-            experiment_text=(self.workspace.path / experiment).read_text(),
+            experiment_text=(tree / experiment).read_text(),
             best=best,
             baseline=baseline,
             board=leaderboard(records, top=10),
             tried=records,
             feedback=feedback,
             noise=night_noise(records),
+            in_flight=[(f.run_id, f.hypothesis) for f in in_flight],
         )
-        loop_file = self.workspace.path / LOOP_FILE
+        loop_file = tree / LOOP_FILE
         loop_text = loop_file.read_text() if loop_file.exists() else ""
         prompt = reports.render_template("propose.md.j2", s=state)
         atomic_write_text(run_dir / "prompt.md", f"{loop_text}\n\n{prompt}")
         return AgentContext(
             run_id=run.run_id,
             index=run.index,
-            workspace=self.workspace.path,
+            workspace=tree,
             run_dir=run_dir,
             prompt=prompt,
-            history=records,
+            history=list(records),
             experiment=experiment,
             model_kinds=self.settings.model_kinds,
             per_run_s=self.settings.per_run_s,
             remaining_s=max(0.0, self.remaining()),
             allowed=ALLOWED_TEXT,
             rules=loop_text,
+            in_flight=[
+                InFlight(
+                    f.run_id, f.hypothesis, (f.pending.record.get("agent_meta") or {}) if f.pending else {}
+                )
+                for f in in_flight
+            ],
         )
 
     # ------------------------------------------------------------------------------------ progress
 
-    def _phase(self, run: RunOutcome, phase: str, hypothesis: str) -> None:
-        state = RunningState(run_id=run.run_id, phase=phase, hypothesis=hypothesis, started_at=run.started_at)
-        state.write(self.paths)
-        self._label = run.run_id
+    def _on_phase(self, run_id: str, phase: str) -> None:
+        """A job's step starts (called from a worker's thread)."""
+        flight = self.flights.get(run_id)
+        if flight is not None:
+            self._phase(flight, phase)
+
+    def _phase(self, flight: Flight, phase: str) -> None:
+        with self._lock:
+            flight.phase, flight.phase_started = phase, time.monotonic()
+            self._write_activity()
         if phase != "report":
             self.console.print(
-                f"  {run.run_id} · {phase}"
-                + (f" · {reports.one_line(hypothesis, 90)}" if phase == "validate" else "")
+                f"  {flight.run_id} · {phase}"
+                + (f" · {reports.one_line(flight.hypothesis, 90)}" if phase == "validate" else "")
             )
+
+    def _write_activity(self) -> None:
+        states = [
+            RunningState(run_id=f.run_id, phase=f.phase, hypothesis=f.hypothesis, started_at=f.run.started_at)
+            for f in sorted(self.flights.values(), key=lambda f: f.run.index)
+        ]
+        NightActivity(runs=states).write(self.paths)
 
     @contextmanager
     def _spinner(self) -> Iterator[None]:
-        """A live line under the log while a subprocess runs (terminals only: logs stay clean)."""
+        """A live line under the log (terminals only: logs stay clean): every run in flight, its phase and
+        how long it has been in it."""
         if not self.console.is_terminal:
             yield
             return
@@ -790,20 +1090,26 @@ class Night:
             finally:
                 self._status = None
 
-    def _tick(self, what: str, elapsed: float) -> None:
-        if self._status is not None:
-            left = reports.fmt_duration(max(0.0, self.remaining()))
-            self._status.update(
-                f"{self._label} · {what} {reports.fmt_duration(elapsed)} · {left} of the night left"
-            )
+    def _tick(self) -> None:
+        if self._status is None:
+            return
+        clock = time.monotonic()
+        with self._lock:
+            parts = [
+                f"{f.run_id} {f.phase} {reports.fmt_duration(clock - f.phase_started)}"
+                for f in sorted(self.flights.values(), key=lambda f: f.run.index)
+            ]
+        left = reports.fmt_duration(max(0.0, self.remaining()))
+        self._status.update(" · ".join([*parts, f"{left} of the night left"]))
 
-    def _announce(self, run: RunOutcome, best: RunRecord | None) -> None:
+    def _announce(self, flight: Flight) -> None:
         left = reports.fmt_duration(max(0.0, self.remaining()))
         total = reports.fmt_duration(self.info.budget_s)
+        best = flight.best
         best_text = (
             f"best {best.primary:.6g} ({best.run_id})" if best and best.primary is not None else "no best yet"
         )
-        self.console.print(f"[bold]run {run.run_id}[/bold] · {left} of {total} left · {best_text}")
+        self.console.print(f"[bold]run {flight.run_id}[/bold] · {left} of {total} left · {best_text}")
 
     def _report_result(self, record: RunRecord) -> None:
         colors = {
@@ -813,9 +1119,11 @@ class Night:
             "crash": "red",
             "timeout": "red",
             "rejected": "yellow",
+            "lost": "red",
         }
         color = colors[record.status.value]
         mse = f" · val mse {record.primary:.6g}" if record.primary is not None else ""
+        who = f"{record.run_id} " if self.settings.workers > 1 else ""
         self.console.print(
-            f"  [{color}]{record.status.value}[/{color}]{mse} · {reports.one_line(record.reason, 120)}"
+            f"  {who}[{color}]{record.status.value}[/{color}]{mse} · {reports.one_line(record.reason, 120)}"
         )

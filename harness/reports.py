@@ -36,6 +36,7 @@ from harness.judge import (
 from harness.ledger import (
     FAILED,
     Ledger,
+    NightActivity,
     NightInfo,
     RunningState,
     RunRecord,
@@ -376,7 +377,7 @@ class NightView:
     carries: bool | None  # does the val gain carry to test? None when unknown
     board: list[RunRecord]
     failures: list[RunRecord]
-    running: RunningState | None
+    running: list[RunningState]  # the runs in flight, when the loop that wrote them is alive
     generated_at: datetime
 
     @property
@@ -404,17 +405,31 @@ class NightView:
         threshold = mark_threshold(spec, record.metrics_val, base, self.noise)
         return fmt_change(record.primary, value(base, PRIMARY_METRIC), spec, threshold)
 
+    @property
+    def utilization(self) -> float | None:
+        """The share of the workers' time spent on jobs (training, judging) over the night's time."""
+        if self.info is None or not self.elapsed_s:
+            return None
+        busy = sum(t.train_s + t.eval_s for r in self.records for t in r.trials)
+        return min(1.0, busy / (self.info.workers * self.elapsed_s))
+
+    @property
+    def runs_per_hour(self) -> float:
+        return 3600.0 * len(self.records) / self.elapsed_s if self.elapsed_s else 0.0
+
     def share(self, seconds: float) -> str:
         total = self.timings.total_s
         return f"{seconds / total:.0%}" if total > 0 else "-"
 
 
-def _elapsed(info: NightInfo | None, records: list[RunRecord], running: RunningState | None) -> float | None:
+def _elapsed(info: NightInfo | None, records: list[RunRecord], running: list[RunningState]) -> float | None:
     if info is None:
         return None
+    if info.spent_s is not None and not running:  # what the loop counted: not a resumed night's pause
+        return info.spent_s
     if info.finished_at is not None:
         end = info.finished_at
-    elif running is not None:
+    elif running:
         end = now()
     elif records:
         end = max(r.finished_at for r in records)
@@ -426,9 +441,8 @@ def _elapsed(info: NightInfo | None, records: list[RunRecord], running: RunningS
 def night_view(paths: NightPaths) -> NightView:
     records = Ledger(paths).read()
     info = NightInfo.read(paths)
-    running = RunningState.read(paths)
-    if running is not None and not running.alive():
-        running = None
+    activity = NightActivity.read(paths)
+    running = activity.runs if activity is not None and activity.alive() else []
     best, baseline = best_run(records), baseline_run(records)
     counts = {s.value: sum(1 for r in records if r.status == s) for s in RunStatus}
     noise = night_noise(records)

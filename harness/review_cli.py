@@ -85,12 +85,11 @@ def status(
         if info.finished_at is not None:
             head += f" · ended: {info.end_reason or 'done'}"
     console.print(head)
-    if night.running is not None:
-        r = night.running
+    for r in night.running:
         elapsed = reports.fmt_duration((now() - r.started_at).total_seconds())
         what = reports.one_line(r.hypothesis, 90)
         console.print(f"[cyan]running now[/cyan] {r.run_id} · {r.phase} · {elapsed} in · {what}")
-    elif info is not None and info.finished_at is None and night.records:
+    if not night.running and info is not None and info.finished_at is None and night.records:
         console.print(
             f"[yellow]not running[/yellow]: `harness run --resume {night.paths.tag}` continues the night"
         )

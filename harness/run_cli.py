@@ -68,10 +68,40 @@ def run(
         None, "--grace", help="time past --per-run before a run is killed (default 30s + 10%)"
     ),
     eval_samples: int = typer.Option(512, "--eval-samples", help="val samples the judge scores"),
+    executor: str = typer.Option("local", "--executor", help="local | ray: where the runs execute"),
+    workers: int = typer.Option(1, "--workers", help="runs in flight at once"),
+    cpus_per_run: int = typer.Option(
+        None, "--cpus-per-run", help="cores each run gets (default: local, an equal share; ray, 1)"
+    ),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="GPUs each run gets (ray)"),
+    address: str = typer.Option(
+        None, "--address", help="the Ray cluster: auto, or ray://host:port (default: start a local one)"
+    ),
+    backlog: int = typer.Option(
+        None, "--backlog", help="proposals asked for ahead of a free worker (default: 0 for one worker, N/2)"
+    ),
     root: Path = ROOT_OPTION,
 ) -> None:
     """Run the overnight loop: propose, commit, train, judge, report, until the budget ends."""
     root = root.resolve()
+    if executor not in ("local", "ray"):
+        raise WorldloopError(f"--executor must be local or ray, got {executor!r}")
+    if workers < 1:
+        raise WorldloopError(f"--workers must be at least 1, got {workers}")
+    if backlog is not None and backlog < 0:
+        raise WorldloopError(f"--backlog must be 0 or more, got {backlog}")
+    if cpus_per_run is not None and cpus_per_run < 1:
+        raise WorldloopError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
+    if executor == "local" and (address or gpus_per_run):
+        raise WorldloopError("--address and --gpus-per-run are for --executor ray")
+    scale = dict(
+        workers=workers,
+        executor=executor,
+        cpus_per_run=cpus_per_run,
+        gpus_per_run=gpus_per_run,
+        address=address,
+        backlog=backlog,
+    )
     if resume:
         info = NightInfo.read(NightPaths(root, resume))
         if info is None:
@@ -88,6 +118,7 @@ def run(
             eval_samples=eval_samples,
             baseline_seeds=info.baseline_seeds,
             resume=True,
+            **scale,
         )
         agent_name, agent_model = agent or info.agent, model or info.agent_model
     else:
@@ -106,6 +137,7 @@ def run(
             max_runs=max_runs,
             eval_samples=eval_samples,
             baseline_seeds=baseline_seeds,
+            **scale,
         )
         agent_name, agent_model = agent or default_agent(), model
     if not (settings.dataset / "meta" / "info.json").exists():

@@ -8,7 +8,11 @@ every run and its guard holds: keep and discard are decided by the real judge wi
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import git
@@ -79,6 +83,37 @@ def tiny_night(root: Path, tag: str, dataset: Path, **overrides: object) -> Nigh
         **overrides,
     }
     return NightSettings(root=root, tag=tag, dataset=dataset, **fields)
+
+
+def run_harness(*args: str, env: dict | None = None, cores: list[int] | None = None) -> subprocess.Popen:
+    """`harness run` as a terminal starts it: Ctrl-C at its default, even when the tests themselves run in
+    the background (a shell's `&` starts them with SIGINT ignored, which Python would keep). `cores`: its
+    CPU affinity (default: the test's own, one core under `make test`)."""
+
+    def as_a_terminal_starts_it() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=as_a_terminal_starts_it,
+    )
+
+
+def replay_night_args(root: Path, tag: str, replay: Path, dataset: Path, per_run: str) -> list[str]:
+    """`harness run` arguments of a replay night on the tiny project."""
+    return [
+        *("--root", str(root), "--tag", tag, "--budget", "10m", "--per-run", per_run, "--grace", "15s"),
+        *("--agent", "replay", "--replay", str(replay), "--dataset", str(dataset), "--eval-samples", "32"),
+        *("--baseline-seeds", "1"),  # the noise floor is tested on the module's night
+    ]
 
 
 # ------------------------------------------------------------------ proposals with certain fates

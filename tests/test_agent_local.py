@@ -6,13 +6,14 @@ import difflib
 import math
 import shutil
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from optuna.trial import TrialState
 
-from harness.agents.base import AgentContext, AgentError, AgentExhausted
+from harness.agents.base import AgentContext, AgentError, AgentExhausted, InFlight
 from harness.agents.local import LocalAgent
 from harness.agents.toml_edit import format_toml_value, set_toml_values
 from harness.ledger import RunRecord, RunStatus
@@ -197,6 +198,15 @@ def test_same_history_same_proposal_and_another_index_another(workspace: Path):
     other = LocalAgent().propose(context(workspace, history, 6))
     assert first.model_dump() == again.model_dump()
     assert first.meta["params"] != other.meta["params"]
+
+
+def test_a_config_in_flight_counts_as_tried(workspace: Path):
+    """A parallel night asks while runs train: the same index with that run in flight proposes another."""
+    history = [baseline()]
+    proposal = LocalAgent().propose(context(workspace, history, 1))
+    busy = InFlight("r001", proposal.hypothesis, proposal.meta)
+    other = LocalAgent().propose(replace(context(workspace, history, 1), in_flight=[busy]))
+    assert other.meta["params"] != proposal.meta["params"]
 
 
 def test_tpe_follows_the_history_to_the_good_learning_rates(workspace: Path):

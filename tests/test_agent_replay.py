@@ -55,6 +55,18 @@ def test_a_resumed_night_picks_up_at_the_right_line(tmp_path: Path):
     assert ReplayAgent(path).propose(context(tmp_path, [])) == PROPOSALS[0]
 
 
+def test_run_i_gets_line_i_whatever_order_runs_in_flight_finish_in(tmp_path: Path):
+    """A parallel night asks for runs 2 and 3 while run 1 still trains, and records them as they finish."""
+    path = write_replay(tmp_path / "night.jsonl", PROPOSALS)
+    agent = ReplayAgent(path)
+    baseline = [record(0, RunStatus.KEEP)]
+    assert [agent.propose(agent_context(tmp_path, baseline, index=i)) for i in (3, 1, 2)] == [
+        PROPOSALS[2],
+        PROPOSALS[0],
+        PROPOSALS[1],
+    ]
+
+
 def test_a_proposal_handed_out_is_a_copy(tmp_path: Path):
     agent = ReplayAgent(write_replay(tmp_path / "night.jsonl", PROPOSALS))
     agent.propose(context(tmp_path, [record(0)])).meta["note"] = 2

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,11 +16,11 @@ import git
 
 from harness.agents.base import Agent, AgentContext, AgentError, FileEdit, Proposal
 from harness.agents.replay import ReplayAgent, write_replay
-from harness.ledger import Ledger, NightInfo, PendingRun, RunningState, RunStatus, TokenUse
+from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, TokenUse
 from harness.loop import Night, trial_seed
 from harness.paths import NightPaths, run_id_for
 from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
-from tests.helpers import ROOT, assert_one_line_error, harness, processes_using
+from tests.helpers import assert_one_line_error, harness, processes_using
 from tests.night_project import (
     BASE_CONFIG,
     EXPERIMENT,
@@ -32,32 +30,10 @@ from tests.night_project import (
     config_edit,
     loss_edit,
     make_project,
+    replay_night_args,
+    run_harness,
     tiny_night,
 )
-
-
-def run_harness(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`harness run` as a terminal starts it: Ctrl-C at its default, even when the tests themselves run in
-    the background (a shell's `&` starts them with SIGINT ignored, which Python would keep)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def replay_night_args(root: Path, tag: str, replay: Path, dataset: Path, per_run: str) -> list[str]:
-    """`harness run` arguments of a replay night on the tiny project."""
-    return [
-        *("--root", str(root), "--tag", tag, "--budget", "10m", "--per-run", per_run, "--grace", "15s"),
-        *("--agent", "replay", "--replay", str(replay), "--dataset", str(dataset), "--eval-samples", "32"),
-        *("--baseline-seeds", "1"),  # the noise floor is tested on the module's night
-    ]
 
 
 def wait_for(condition, timeout_s: float = 240.0) -> None:
@@ -79,7 +55,8 @@ def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_t
     proc = run_harness(*args, "--max-runs", "2")
 
     def confirming_run_one() -> bool:
-        state = RunningState.read(paths) if paths.current.exists() else None
+        activity = NightActivity.read(paths) if paths.current.exists() else None
+        state = activity.run("k-001") if activity is not None else None
         return state is not None and state.phase == f"train seed {trial_seed(1, 1)}"
 
     wait_for(confirming_run_one)

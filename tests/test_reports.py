@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from harness import plots, reports
-from harness.ledger import Ledger, LedgerError, NightInfo, RunningState, RunRecord, RunStatus
+from harness.ledger import Ledger, LedgerError, NightActivity, NightInfo, RunningState, RunRecord, RunStatus
 from harness.paths import NightPaths, run_id_for
 from models.canvas import CanvasConfig
 from models.vocab import ACTION_NAMES
@@ -288,7 +288,8 @@ def test_cli_report_summary_status(night: NightPaths):
     assert night.summary.exists()
 
     upcoming = run_id_for(TAG, len(EXPECTED))
-    RunningState(run_id=upcoming, phase="train", hypothesis="wider MLP").write(night)  # our own pid
+    running = [RunningState(run_id=upcoming, phase="train", hypothesis="wider MLP")]
+    NightActivity(runs=running).write(night)  # our own pid: a loop alive
     try:
         result = harness("status", "--root", root, "--tag", TAG)
     finally:

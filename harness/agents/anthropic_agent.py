@@ -338,6 +338,7 @@ class AnthropicAgent(Agent):
     """Claude through the official `anthropic` SDK. Needs ANTHROPIC_API_KEY; honors ANTHROPIC_BASE_URL."""
 
     name = "anthropic"
+    concurrent = True  # no state between proposals: a parallel night asks several at once
     typical_s = 60.0
 
     def __init__(

@@ -87,13 +87,22 @@ class Proposal(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A run proposed earlier and not judged yet: an agent should not propose the same idea again."""
+
+    run_id: str
+    hypothesis: str
+    meta: dict[str, Any]  # what its agent attached to the proposal (the offline agent: its params)
+
+
 @dataclass
 class AgentContext:
     """What an agent sees before proposing run `run_id`."""
 
     run_id: str
     index: int
-    workspace: Path  # the worktree at the best commit: read files here, never write
+    workspace: Path  # a copy of the best commit's files: read files here, never write
     run_dir: Path  # runs/<tag>/<run-id>/: the agent may keep its transcript here (never a secret)
     prompt: str  # the night so far (prompts/propose.md.j2): leaderboard, last reports, failures, best config
     history: list[RunRecord]  # every finished run of the night, in order
@@ -104,6 +113,7 @@ class AgentContext:
     allowed: str  # the allowlist in words, for prompts and error messages
     rules: str = ""  # LOOP.md: the same all night, so an LLM agent can cache it across runs
     extra: dict[str, Any] = field(default_factory=dict)
+    in_flight: list[InFlight] = field(default_factory=list)  # runs training now (parallel nights)
 
 
 class Agent(ABC):
@@ -114,6 +124,7 @@ class Agent(ABC):
         None  # the LLM asked for, when there is one; the one that answered is in Proposal.meta
     )
     typical_s: float = 30.0  # a guess at one proposal's time, for budgeting until the night has measured it
+    concurrent: bool = False  # may `propose` run in several threads at once (a parallel night asks ahead)?
 
     @abstractmethod
     def propose(self, context: AgentContext) -> Proposal: ...

@@ -328,6 +328,7 @@ class ClaudeCodeAgent(Agent):
     """Runs `claude -p` in a scratch copy of models/ and experiments/ and proposes what it changed."""
 
     name = "claude-code"
+    concurrent = True  # no state between proposals: a parallel night asks several at once
     typical_s = 180.0
 
     def __init__(

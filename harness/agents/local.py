@@ -414,6 +414,7 @@ class _ProposalInputs:
     space: SearchSpace
     experiments: dict[str, _Experiment]  # per kind the night may train, in the night's order
     points: list[_Point]
+    in_flight: list[tuple[str, str, dict[str, Any]]]  # (run id, kind, params) of runs not judged yet
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -435,7 +436,13 @@ class _ProposalInputs:
                 experiments[kind] = exp
         for exp in experiments.values():
             _check_bounds(space, exp)
-        return cls(space, experiments, _history_points(context.history, space, experiments, default.kind))
+        in_flight = [
+            (run.run_id, str(run.meta.get("kind", default.kind)), run.meta["params"])
+            for run in context.in_flight
+            if isinstance(run.meta.get("params"), dict)
+        ]
+        points = _history_points(context.history, space, experiments, default.kind)
+        return cls(space, experiments, points, in_flight)
 
 
 # ---------------------------------------------------------------------------------------- the agent
@@ -445,6 +452,7 @@ class LocalAgent(Agent):
     """Proposes hyperparameter changes by TPE over the space file; offline, stateless, deterministic."""
 
     name = "local"
+    concurrent = True  # no state between proposals: a parallel night asks several at once
     typical_s = 1.0
 
     def propose(self, context: AgentContext) -> Proposal:
@@ -497,7 +505,8 @@ class LocalAgent(Agent):
             config, problem = experiment.build(params)
             if problem is None and params == experiment.values(space.params(kind)):
                 problem = "same as the current config"
-            same = next((p.run_id for p in night.points if p.kind == kind and p.values == params), None)
+            tried = [(p.run_id, p.kind, p.values) for p in night.points] + night.in_flight
+            same = next((run for run, k, values in tried if k == kind and values == params), None)
             if problem is None and same is not None:
                 problem = f"same as {same}"
             if config is not None and problem is None:

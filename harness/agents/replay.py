@@ -1,9 +1,9 @@
 """The replay agent: proposals read from a recorded file, one `Proposal` JSON object per line.
 
 For tests and demos that must not depend on a model, a network or a sampler: the same file gives the same
-night. The agent keeps no position of its own. Every run after the baseline consumed one proposal, so the
-next one is the line after those the ledger already holds, and a resumed night picks up at the right line
-(a run killed before its record was written is proposed again, as the loop expects).
+night. The agent keeps no position of its own: run i (after the baseline, run 0) gets line i, whatever order
+runs in flight side by side finish in, and a resumed night picks up at the right line (a run killed before
+it was committed is proposed again under its id, as the loop expects).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ class ReplayAgent(Agent):
         self.proposals = read_replay(self.path)  # read now: a bad file fails the night at its start
 
     def propose(self, context: AgentContext) -> Proposal:
-        used = sum(1 for record in context.history if record.index >= 1)  # run 0 never asks the agent
-        if used >= len(self.proposals):
+        line = max(context.index, 1) - 1  # run 0, the baseline, never asks the agent
+        if line >= len(self.proposals):
             raise AgentExhausted(f"{self.path}: all {len(self.proposals)} recorded proposals have been used")
-        return self.proposals[used].model_copy(deep=True)
+        return self.proposals[line].model_copy(deep=True)
 
 
 def read_replay(path: Path) -> list[Proposal]:

@@ -1,0 +1,175 @@
+"""Parallel nights: two runs in flight on local workers, each on its own core, decided as they finish.
+
+Real `Night`s and `harness run` subprocesses on the tiny project of tests/night_project.py. Under `make test`
+each xdist worker is pinned to one core; these nights get the whole machine back (two workers need two).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import git
+import pytest
+
+from harness.agents.base import Proposal
+from harness.agents.replay import ReplayAgent, write_replay
+from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, Trial
+from harness.loop import Night
+from harness.paths import NightPaths, run_id_for
+from tests.night_project import (
+    RESIDUAL,
+    config_edit,
+    make_project,
+    replay_night_args,
+    run_harness,
+    tiny_night,
+)
+from tests.test_night_process import wait_for
+
+ALL_CORES = sorted(range(os.cpu_count() or 1))
+
+LEARNS_NOTHING = Proposal(
+    hypothesis="a learning rate twice as small (learns nothing either)",
+    edits=[config_edit("lr = 1e-30", "lr = 2e-30")],
+)
+RESIDUAL_AGAIN = Proposal(
+    hypothesis="residual prediction, with one warm-up step",
+    edits=[RESIDUAL, config_edit("warmup_steps = 0", "warmup_steps = 1")],
+)
+PARALLEL = [
+    Proposal(hypothesis="residual prediction starts at the copy baseline", edits=[RESIDUAL]),
+    LEARNS_NOTHING,
+    RESIDUAL_AGAIN,
+]
+"""Asked for at once (two workers and a backlog of one), all on the baseline's commit: the first and the third
+are the same improvement, so whichever is decided second is no better than the first kept."""
+
+
+@pytest.fixture
+def whole_machine() -> Iterator[list[int]]:
+    """This process on every core for the test (the night's workers split them), as before after."""
+    assert len(ALL_CORES) >= 2, "a 2-worker night needs a machine with two cores"
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, ALL_CORES)
+    try:
+        yield ALL_CORES
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def span(trial: Trial) -> tuple[float, float]:
+    start = trial.started_at.timestamp()
+    return start, start + trial.train_s + trial.eval_s
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_a_two_worker_night_trains_side_by_side_and_decides_in_finish_order(
+    small_cache: Path, tmp_path: Path, whole_machine: list[int]
+):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", PARALLEL)
+    settings = tiny_night(root, "p", small_cache, max_runs=4, baseline_seeds=2, workers=2)
+    info = Night(settings, ReplayAgent(replay)).run()
+    assert info.end_reason == "--max-runs 4 reached" and info.workers == 2
+    paths = NightPaths(root, "p")
+    records = Ledger(paths).read()
+    assert sorted(r.run_id for r in records) == [run_id_for("p", i) for i in range(4)]
+    by_id = {r.run_id: r for r in records}
+    assert [by_id[run_id_for("p", i)].hypothesis for i in (1, 2, 3)] == [p.hypothesis for p in PARALLEL]
+
+    # Decided as they finished: the ledger is in finish order, and each run was judged against the best then.
+    assert [r.finished_at for r in records] == sorted(r.finished_at for r in records)
+    residual = [by_id[run_id_for("p", i)] for i in (1, 3)]
+    assert sorted(r.status for r in residual) == sorted([RunStatus.KEEP, RunStatus.DISCARD])
+    kept = next(r for r in residual if r.status == RunStatus.KEEP)
+    second = next(r for r in residual if r.status == RunStatus.DISCARD)
+    assert records.index(second) > records.index(kept) and kept.run_id in second.reason
+    assert by_id[run_id_for("p", 2)].status == RunStatus.DISCARD
+    assert all(r.parent == run_id_for("p", 0) for r in records[1:])  # all proposed on the baseline
+
+    # Both workers trained, at the same time: the baseline's two seeds side by side, then the candidates.
+    assert {t.worker for r in records for t in r.trials} == {"w0", "w1"}
+    first, second = by_id[run_id_for("p", 0)].trials
+    assert first.worker != second.worker and overlap(span(first), span(second))
+
+    # The branch tip is the best commit; every tried commit stays reachable; nothing is left in flight.
+    repo = git.Repo(root)
+    assert repo.heads["harness/p"].commit.hexsha == kept.commit
+    for r in records[1:]:
+        if r.status != RunStatus.KEEP:
+            assert repo.git.rev_parse(f"refs/harness/p/{r.run_id}") == r.commit
+    assert not list(paths.runs.glob("*/pending.json")) and not paths.current.exists()
+    assert not (paths.runs / "trees").exists() or not any((paths.runs / "trees").iterdir())
+    for r in records:
+        assert paths.report(r.run_id).exists()
+    summary = paths.summary.read_text()
+    assert f"harness promote {kept.run_id}" in summary and "2 local workers" in summary
+
+
+def test_kill_9_with_two_runs_in_flight_then_resume_loses_none_and_doubles_none(
+    small_cache: Path, tmp_path: Path, whole_machine: list[int]
+):
+    root = make_project(tmp_path / "project")
+    proposals = [
+        Proposal(
+            hypothesis=f"learning rate {k}e-30 (learns nothing)",
+            edits=[config_edit("lr = 1e-30", f"lr = {k}e-30")],
+        )
+        for k in (2, 3, 4)
+    ]
+    replay = write_replay(tmp_path / "p.jsonl", proposals)
+    args = replay_night_args(root, "k", replay, small_cache, per_run="3s")
+    paths = NightPaths(root, "k")
+    proc = run_harness(*args, "--max-runs", "4", "--workers", "2", "--backlog", "0", cores=whole_machine)
+
+    def two_training() -> bool:
+        activity = NightActivity.read(paths) if paths.current.exists() else None
+        return activity is not None and sum(r.phase == "train" for r in activity.runs) == 2
+
+    wait_for(two_training)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything it started
+    proc.wait()
+    in_flight = sorted(p.parent.name for p in paths.runs.glob("*/pending.json"))
+    assert len(in_flight) == 2 and all(PendingRun.read(paths.run_dir(r)).record["commit"] for r in in_flight)
+    before = Ledger(paths).read()
+
+    resumed = run_harness(
+        *("--root", str(root), "--resume", "k", "--agent", "replay", "--replay", str(replay)),
+        *("--max-runs", "4", "--workers", "2"),
+        cores=whole_machine,
+    )
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    for run_id in in_flight:
+        assert f"{run_id} · resumed at" in out
+    records = Ledger(paths).read()
+    assert records[: len(before)] == before
+    assert sorted(r.run_id for r in records) == [
+        run_id_for("k", i) for i in range(4)
+    ]  # none lost, none twice
+    assert sorted(r.hypothesis for r in records[1:]) == sorted(p.hypothesis for p in proposals)
+    assert all(r.status in (RunStatus.KEEP, RunStatus.DISCARD) for r in records)
+    info = NightInfo.read(paths)
+    assert info.finished_at is not None and info.end_reason == "--max-runs 4 reached"
+    assert not list(paths.runs.glob("*/pending.json"))
+
+
+def test_too_many_workers_for_the_cores_is_one_line_before_the_night_starts(
+    small_cache: Path, tmp_path: Path
+):
+    root = make_project(tmp_path / "project")
+    too_many = len(os.sched_getaffinity(0)) + 1
+    proc = run_harness(
+        *replay_night_args(root, "w", write_replay(tmp_path / "p.jsonl", []), small_cache, per_run="1s"),
+        *("--workers", str(too_many)),
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and f"--workers {too_many} needs" in out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert not (root / "runs" / "w").exists() and "harness/w" not in [h.name for h in git.Repo(root).heads]
