@@ -52,6 +52,8 @@ def pack(directory: Path) -> bytes:
 def unpack(archive: bytes, directory: Path) -> None:
     """Write an archive's files into `directory` (created; files already there are replaced)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
+    if not archive:  # nothing to send (a training starts from an empty directory)
+        return
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         tar.extractall(directory, filter="data")
 
@@ -97,7 +99,12 @@ class RayWorkers:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error")
             except ConnectionError as err:
-                raise WorldloopError(f"--address {address}: no Ray cluster there ({err})") from None
+                auth = (
+                    ""
+                    if os.environ.get("RAY_AUTH_MODE")
+                    else "; a cluster with token auth needs RAY_AUTH_MODE=token"
+                )
+                raise WorldloopError(f"--address {address}: no Ray cluster there ({err}){auth}") from None
         self._judge = ray.put(pack(judge_root))
         self._trees: dict[Path, ray.ObjectRef] = {}
         self._refs: set[ray.ObjectRef] = set()

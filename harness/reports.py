@@ -127,6 +127,19 @@ def tail(text: str | None, lines: int = 30) -> str:
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
+STATUS_ICONS = {
+    RunStatus.KEEP: "✅",
+    RunStatus.DISCARD: "➖",
+    RunStatus.UNCONFIRMED: "❔",
+    RunStatus.CRASH: "💥",
+    RunStatus.TIMEOUT: "⏱",
+    RunStatus.REJECTED: "🚫",
+    RunStatus.LOST: "🔌",
+}
+"""Each status's mark in reports and the summary (templates: `icons[status]`)."""
+assert set(STATUS_ICONS) == set(RunStatus), "every status needs its mark"
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     """One environment per process: it caches compiled templates (compiling them took ~50 ms per report)
@@ -140,6 +153,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(num=fmt_number, duration=fmt_duration, one_line=one_line, cell=table_cell)
+    env.globals["icons"] = STATUS_ICONS
     return env
 
 

@@ -44,6 +44,8 @@ NIGHT_FILES = ("tests/test_loop.py", "tests/test_reports.py")
 LONG_FIRST = (
     *NIGHT_FILES,
     "tests/test_night_process.py",
+    "tests/test_ray.py",
+    "tests/test_parallel.py",
     "tests/test_center.py",
     "tests/test_train.py",
     "tests/test_budget.py",

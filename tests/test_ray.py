@@ -1,0 +1,152 @@
+"""Parallel nights on a real Ray cluster: started here on 127.0.0.1 (two CPUs), shared by the tests of this
+file, stopped after. The night is a real `harness run --executor ray` subprocess, the cluster's driver."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.agents.base import Proposal
+from harness.agents.replay import write_replay
+from harness.ledger import Ledger, RunStatus
+from harness.paths import NightPaths, run_id_for
+from tests.night_project import loss_edit, make_project, replay_night_args, run_harness
+from tests.test_night_process import wait_for
+from tests.test_parallel import ALL_CORES, PARALLEL
+
+TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
+"""`ray start` (Ray >= 2.59) starts a cluster with token authentication (its token in ~/.ray/auth_token); a
+driver sends the token only in this mode."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-node Ray cluster on 127.0.0.1 with the machine's cores; its address."""
+    assert len(ALL_CORES) >= 2, "a 2-worker night needs a machine with two cores"
+    port = free_port()
+    log = tmp_path_factory.mktemp("ray") / "ray-start.log"
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        *("start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1"),
+        *("--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"),
+        *(f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"),
+        f"--metrics-export-port={free_port()}",
+    ]
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, ALL_CORES),
+            env={**os.environ, **TOKEN_AUTH},
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start:\n" + log.read_text()
+            time.sleep(0.2)
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(
+                head.pid, signal.SIGINT
+            )  # the cluster's processes, as Ctrl-C would (1.4 s; SIGTERM, 30 s)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_a_two_worker_night_on_ray_decides_in_finish_order(
+    ray_cluster: str, small_cache: Path, tmp_path: Path
+):
+    root = make_project(tmp_path / "project")
+    replay = write_replay(tmp_path / "p.jsonl", PARALLEL)
+    args = replay_night_args(root, "r", replay, small_cache, per_run="1s")
+    proc = run_harness(
+        *args,
+        *("--baseline-seeds", "2", "--max-runs", "4", "--workers", "2"),
+        *("--executor", "ray", "--address", ray_cluster),
+        env=TOKEN_AUTH,
+        cores=ALL_CORES,
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    paths = NightPaths(root, "r")
+    records = Ledger(paths).read()
+    by_id = {r.run_id: r for r in records}
+    assert sorted(by_id) == [run_id_for("r", i) for i in range(4)]
+    assert [r.finished_at for r in records] == sorted(r.finished_at for r in records)
+    residual = sorted((by_id[run_id_for("r", i)] for i in (1, 3)), key=records.index)
+    assert [r.status for r in residual] == [RunStatus.KEEP, RunStatus.DISCARD]
+    assert residual[0].run_id in residual[1].reason and by_id["r-002"].status == RunStatus.DISCARD
+    workers = {t.worker for r in records for t in r.trials}
+    assert len(workers) == 2 and all(
+        re.fullmatch(r"[\d.]+:\d+", w) for w in workers
+    )  # two Ray workers: ip:pid
+    for r in records:  # the run directories came back to the head node
+        assert paths.report(r.run_id).exists() and (paths.run_dir(r.run_id) / "eval_val.json").exists()
+    assert (paths.run_dir(residual[0].run_id) / "eval_test.json").exists()
+    assert "2 ray workers" in paths.summary.read_text()
+
+
+def job_processes() -> list[int]:
+    """The Ray worker processes running a night's job now (Ray titles them after the task)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::_remote_job"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_worker_killed_mid_run_is_retried_once_then_the_run_is_lost(
+    ray_cluster: str, small_cache: Path, tmp_path: Path
+):
+    root = make_project(tmp_path / "project")
+    hangs = Proposal(
+        hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]
+    )
+    replay = write_replay(tmp_path / "p.jsonl", [hangs])
+    paths = NightPaths(root, "l")
+    proc = run_harness(
+        *replay_night_args(root, "l", replay, small_cache, per_run="1s"),
+        *("--max-runs", "2", "--executor", "ray", "--address", ray_cluster),
+        env=TOKEN_AUTH,
+        cores=ALL_CORES,
+    )
+    killed: list[int] = []
+    for _ in range(2):  # the job, then Ray's one retry of it
+        wait_for(lambda: len(Ledger(paths).read()) == 1 and [p for p in job_processes() if p not in killed])
+        victim = next(p for p in job_processes() if p not in killed)
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    records = Ledger(paths).read()
+    assert [r.status for r in records] == [RunStatus.KEEP, RunStatus.LOST]
+    assert "its worker died twice" in records[1].reason and "l-001" in out
+    assert not job_processes()  # nothing left running on the cluster
