@@ -19,6 +19,7 @@ import os
 import tarfile
 import tempfile
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +112,7 @@ class RayWorkers:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(count, thread_name_prefix="ray-job")
         self._running = 0
+        self.job_overheads: list[float] = []
 
     def free(self) -> int:
         with self._lock:
@@ -136,12 +138,13 @@ class RayWorkers:
             self._refs.add(ref)
         if self.on_phase is not None:
             self.on_phase(job.run_id, job.label)
-        return self._pool.submit(self._collect, job, ref)
+        return self._pool.submit(self._collect, job, ref, time.monotonic())
 
-    def _collect(self, job: Job, ref: ray.ObjectRef) -> JobResult:
+    def _collect(self, job: Job, ref: ray.ObjectRef, submitted: float) -> JobResult:
         try:
             result, archive = ray.get(ref)
             unpack(archive, job.directory)
+            self.job_overheads.append(time.monotonic() - submitted - result.steps_s)
             return result
         except ray.exceptions.RayTaskError as err:  # our code failed on the worker: a crash, with its cause
             reason = f"the job failed on its Ray worker: {str(err).strip().splitlines()[-1]}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class JobResult:
     lost: str | None = None  # its worker died under it (twice, with Ray's retry): why
 
     @property
+    def steps_s(self) -> float:
+        """Seconds its subprocesses ran (the rest of a job's time is the worker's own overhead)."""
+        return sum(s.seconds for s in (self.smoke, self.trained, self.judged) if s is not None)
+
+    @property
     def failed(self) -> StepResult | None:
         """The step that failed, if one did."""
         for step in (self.smoke, self.trained, self.judged):
@@ -110,6 +116,7 @@ class Workers(Protocol):
 
     name: str
     count: int
+    job_overheads: list[float]  # per finished job: its wall time on the head minus its steps' (benchmarks)
 
     def free(self) -> int: ...
 
@@ -164,6 +171,7 @@ class LocalWorkers:
     _free: queue.SimpleQueue = field(init=False)
     _pool: ThreadPoolExecutor = field(init=False)
     _cancel: threading.Event = field(init=False)
+    job_overheads: list[float] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         shares = worker_shares(self.count, self.cpus_per_run)
@@ -187,6 +195,7 @@ class LocalWorkers:
         slot.busy = True
 
         def work() -> JobResult:
+            start = time.monotonic()
             try:
                 executor = Executor(
                     tree,
@@ -196,7 +205,9 @@ class LocalWorkers:
                     threads=self.threads,
                     cancel=self._cancel,
                 )
-                return run_job(job, executor, slot.name, self.on_phase)
+                result = run_job(job, executor, slot.name, self.on_phase)
+                self.job_overheads.append(time.monotonic() - start - result.steps_s)
+                return result
             finally:
                 slot.busy = False
                 self._free.put(slot)

@@ -124,7 +124,7 @@ def test_kill_9_with_two_runs_in_flight_then_resume_loses_none_and_doubles_none(
         for k in (2, 3, 4)
     ]
     replay = write_replay(tmp_path / "p.jsonl", proposals)
-    args = replay_night_args(root, "k", replay, small_cache, per_run="3s")
+    args = replay_night_args(root, "k", replay, small_cache, per_run="1s")
     paths = NightPaths(root, "k")
     proc = run_harness(*args, "--max-runs", "4", "--workers", "2", "--backlog", "0", cores=whole_machine)
 
