@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("sim_render", "dataset_io", "bus", "world_models", "center", "night")  # ~30 min + 1 h
+BENCHMARKS = ("sim_render", "dataset_io", "bus", "world_models", "center", "parallel", "night")  # 40 min, 1 h
 
 
 def main() -> None:

@@ -297,7 +297,7 @@ class Night:
         self.jobs: dict[Future, tuple[Flight, Job]] = {}
         self.stop_reason: str | None = None
         self._agents: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()  # the flights' phases: set by worker threads, read by this one
+        self._lock = threading.Lock()  # current.json and the phases: written by worker threads and this one
         self._status = None  # the live line of a terminal
 
     # ------------------------------------------------------------------------------------ setup
@@ -420,6 +420,9 @@ class Night:
 
     def _wait_and_handle(self) -> None:
         futures = [*self.jobs, *(f.proposal for f in self.flights.values() if f.proposal is not None)]
+        if not futures:  # runs in flight with nothing running or queued for them would wait forever
+            stuck = ", ".join(f"{f.run_id} ({f.phase})" for f in self.flights.values())
+            raise RuntimeError(f"no job or proposal is out, yet runs are in flight: {stuck}")
         done, _ = wait(futures, timeout=TICK_S, return_when=FIRST_COMPLETED)
         for future in sorted(done, key=self._order):
             if future in self.jobs:
@@ -626,8 +629,9 @@ class Night:
                 "seed(s)",
                 highlight=False,
             )
-            if pending.trials and not flight.is_baseline:
-                self._judged(flight)  # decided again against the best now
+            wanted = self.settings.baseline_seeds if flight.is_baseline else 1
+            if len(pending.trials) >= wanted:
+                self._judged(flight)  # decided again against the best now (a confirmation, or its test split)
             else:
                 self._queue_trials(flight)
 
@@ -667,19 +671,13 @@ class Night:
         for flight in sorted(self.flights.values(), key=lambda f: f.run.index):
             while flight.queued and self.workers.free() > 0:
                 job = flight.queued.pop(0)
-                if job.train and self._tree(flight) is None:
-                    return
-                if job.train:
-                    job = self._refresh_timeout(job)
-                future = self.workers.submit(job, flight.tree)
+                if job.train:  # its wall-clock limit as it starts: never past the night's end plus the grace
+                    job = replace(job, train_timeout_s=self._train_timeout())
+                future = self.workers.submit(job, self._tree(flight))  # the judge runs its model there too
                 flight.running += 1
                 self.jobs[future] = (flight, job)
 
-    def _refresh_timeout(self, job: Job) -> Job:
-        """A job's wall-clock limit as it starts: never past the night's end plus the grace."""
-        return replace(job, train_timeout_s=self._train_timeout())
-
-    def _tree(self, flight: Flight) -> Path | None:
+    def _tree(self, flight: Flight) -> Path:
         if flight.tree is None:
             flight.tree = export_tree(
                 self.workspace.repo,
@@ -873,11 +871,7 @@ class Night:
         noise = flight.noise
         best = best_run(self.records)
         status, reason = RunStatus.KEEP, flight.verdict
-        if (
-            best is not None
-            and not flight.is_baseline
-            and best.run_id != (flight.best.run_id if flight.best else None)
-        ):
+        if best is not None and not flight.is_baseline:  # the best may have changed since the decision
             again = decide(metrics, best.metrics_val, best.run_id, noise)
             if not again.keep:
                 status = RunStatus.DISCARD
@@ -917,7 +911,8 @@ class Night:
         if flight.tree is not None:
             self.workers.forget(flight.tree)
             shutil.rmtree(flight.tree, ignore_errors=True)
-        self._write_activity()
+        with self._lock:
+            self._write_activity()
         reports.render_summary(self.paths)
         self._report_result(final)
         if final.is_baseline and final.status != RunStatus.KEEP:  # every later run is judged against it
@@ -1072,7 +1067,7 @@ class Night:
     def _write_activity(self) -> None:
         states = [
             RunningState(run_id=f.run_id, phase=f.phase, hypothesis=f.hypothesis, started_at=f.run.started_at)
-            for f in sorted(self.flights.values(), key=lambda f: f.run.index)
+            for f in sorted(list(self.flights.values()), key=lambda f: f.run.index)  # a snapshot: see _lock
         ]
         NightActivity(runs=states).write(self.paths)
 
