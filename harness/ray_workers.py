@@ -97,8 +97,13 @@ class RayWorkers:
         self.on_phase = on_phase
         self._started_here = not ray.is_initialized()
         if self._started_here:
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="error")
+            try:  # "local": a cluster of its own, never one a stale /tmp/ray file names (ray.init's None)
+                ray.init(
+                    address=address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="error",
+                )
             except ConnectionError as err:
                 auth = (
                     ""
