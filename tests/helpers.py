@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness.agents.base import AgentContext
@@ -100,3 +101,11 @@ def processes_using(directory: Path) -> list[int]:
         if any(target.startswith(inside) for target in targets):
             found.append(int(proc.name))
     return found
+
+
+def wait_for(condition, timeout_s: float = 240.0) -> None:
+    """Poll a state of the files (not a timing): fails only if it never comes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.2)

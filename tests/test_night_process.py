@@ -20,7 +20,7 @@ from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStat
 from harness.loop import Night, trial_seed
 from harness.paths import NightPaths, run_id_for
 from tests.fake_messages_api import FakeMessagesAPI, message, overloaded, tool_use_block, usage
-from tests.helpers import assert_one_line_error, harness, processes_using
+from tests.helpers import assert_one_line_error, harness, processes_using, wait_for
 from tests.night_project import (
     BASE_CONFIG,
     EXPERIMENT,
@@ -34,14 +34,6 @@ from tests.night_project import (
     run_harness,
     tiny_night,
 )
-
-
-def wait_for(condition, timeout_s: float = 240.0) -> None:
-    """Poll a state of the files (not a timing): fails only if it never comes."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the state never came"
-        time.sleep(0.2)
 
 
 def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_twice(

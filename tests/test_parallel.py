@@ -19,6 +19,7 @@ from harness.agents.replay import ReplayAgent, write_replay
 from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, Trial
 from harness.loop import Night
 from harness.paths import NightPaths, run_id_for
+from tests.helpers import wait_for
 from tests.night_project import (
     RESIDUAL,
     config_edit,
@@ -27,7 +28,6 @@ from tests.night_project import (
     run_harness,
     tiny_night,
 )
-from tests.test_night_process import wait_for
 
 ALL_CORES = sorted(range(os.cpu_count() or 1))
 

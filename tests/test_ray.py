@@ -20,8 +20,8 @@ from harness.agents.base import Proposal
 from harness.agents.replay import write_replay
 from harness.ledger import Ledger, RunStatus
 from harness.paths import NightPaths, run_id_for
+from tests.helpers import wait_for
 from tests.night_project import loss_edit, make_project, replay_night_args, run_harness
-from tests.test_night_process import wait_for
 from tests.test_parallel import ALL_CORES, PARALLEL
 
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
