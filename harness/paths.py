@@ -3,7 +3,10 @@
 runs/<tag>/ledger.jsonl        one RunRecord per line (harness/ledger.py)
 runs/<tag>/results.tsv         the same, in the autoresearch format
 runs/<tag>/night.json          the night's settings and budget (NightInfo)
-runs/<tag>/current.json        what is running now (RunningState), removed when the night ends
+runs/<tag>/current.json        the runs in flight and their phases (NightActivity), removed when the night ends
+runs/<tag>/worktree/           the git worktree the harness commits proposals in (branch harness/<tag>)
+runs/<tag>/judge/              the pinned judge of the night's base commit
+runs/<tag>/trees/<run-id>/     a copy of a run's commit, where its jobs run (removed once it is recorded)
 runs/<tag>/<run-id>/           one run: config, weights, logs, eval_<split>.json, cf_<split>.npz
 runs/<tag>/<run-id>/seed-<n>/  the same for each further seed of that run's code (noise floor, confirmation)
 reports/<tag>/<run-id>.md      the per-run report, its PNGs beside it
