@@ -3,7 +3,7 @@
 runs/<tag>/ledger.jsonl        one RunRecord per line (harness/ledger.py)
 runs/<tag>/results.tsv         the same, in the autoresearch format
 runs/<tag>/night.json          the night's settings and budget (NightInfo)
-runs/<tag>/current.json        the runs in flight and their phases (NightActivity), removed when the night ends
+runs/<tag>/current.json        the runs in flight, their phases (NightActivity); removed at the night's end
 runs/<tag>/worktree/           the git worktree the harness commits proposals in (branch harness/<tag>)
 runs/<tag>/judge/              the pinned judge of the night's base commit
 runs/<tag>/trees/<run-id>/     a copy of a run's commit, where its jobs run (removed once it is recorded)
