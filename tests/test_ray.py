@@ -48,13 +48,18 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         *(f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"),
         f"--metrics-export-port={free_port()}",
     ]
+
+    def whole_machine_and_ctrl_c() -> None:
+        os.sched_setaffinity(0, ALL_CORES)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job ignores it; the teardown sends it
+
     with open(log, "w") as out:
         head = subprocess.Popen(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, ALL_CORES),
+            preexec_fn=whole_machine_and_ctrl_c,
             env={**os.environ, **TOKEN_AUTH},
         )
     address = f"127.0.0.1:{port}"
