@@ -306,6 +306,8 @@ class Night:
         s, paths = self.settings, self.paths
         if s.executor == "local":
             worker_shares(s.workers, s.cpus_per_run)  # too few cores: said before the night is created
+        else:
+            import harness.ray_workers  # noqa: F401 - no Ray installed: said before the night is created
         worktree = paths.runs / "worktree"
         existing = NightInfo.read(paths)
         if s.resume:
