@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -156,7 +156,6 @@ class Executor:
         worktree: Path,
         dataset: Path,
         python: str = sys.executable,
-        on_tick: Callable[[str, float], None] | None = None,
         cores: Sequence[int] | None = None,
         judge_root: Path | None = None,
         threads: int = DEFAULT_THREADS,
@@ -173,7 +172,6 @@ class Executor:
         self.worktree = Path(worktree)
         self.dataset = Path(dataset).resolve()
         self.python = python
-        self.on_tick = on_tick
         allowed = usable_cores()
         self.cores = sorted(set(cores)) if cores is not None else allowed
         if not self.cores or not set(self.cores) <= set(allowed):
@@ -268,7 +266,6 @@ class Executor:
         start = time.monotonic()
         child = self._start(args, log, cpu_limit_s, predictor)
         try:
-            next_tick = 1.0
             while (ended := child.poll(POLL_S)) is None:
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled(what)
@@ -283,9 +280,6 @@ class Executor:
                         redact(log_tail(log)),
                         cpu_s,
                     )
-                if self.on_tick and elapsed >= next_tick:
-                    self.on_tick(what, elapsed)
-                    next_tick = elapsed + 1.0
         except BaseException:  # Ctrl-C or anything else: never leave a training behind
             _kill_group(child)
             raise

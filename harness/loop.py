@@ -131,7 +131,8 @@ def model_kind(experiment: Path) -> str:
 def default_backlog(workers: int) -> int:
     """Proposals asked for ahead of a free worker. One worker asks when it is free, so every proposal sees
     the result before it (as a night always did); N workers keep about N/2 ready, so a worker rarely waits
-    on the agent, while each proposal still sees most results before it (RESULTS.md, "parallel")."""
+    on the agent while most proposals still see the results before them. A reasoned default, not yet a
+    measured one (issue 14: the simulated large night is to measure it)."""
     return 0 if workers <= 1 else max(1, workers // 2)
 
 
@@ -240,7 +241,6 @@ class Flight:
     noise: NoiseFloor | None = None  # the noise floor its keep was decided with
     phase: str = "agent"
     phase_started: float = field(default_factory=time.monotonic)
-    worker: str = ""
 
     @property
     def run_id(self) -> str:
@@ -502,29 +502,29 @@ class Night:
         context = self._context(flight)
         flight.proposal = self._agents.submit(self._propose, context)
 
-    def _propose(self, context: AgentContext) -> tuple[Proposal, float]:
+    def _propose(self, context: AgentContext) -> tuple[Proposal | AgentError, float]:
+        """The agent's answer (in a thread of its own) and how long it took: a proposal, or its error."""
         start = time.monotonic()
         try:
-            return self.agent.propose(context), time.monotonic() - start
+            answer: Proposal | AgentError = self.agent.propose(context)
         except AgentError as err:
-            err.seconds = time.monotonic() - start
-            raise
+            answer = err
+        return answer, time.monotonic() - start
 
     def _proposal_done(self, flight: Flight, future: Future) -> None:
         run = flight.run
         if flight.proposal_tree is not None:
             shutil.rmtree(flight.proposal_tree, ignore_errors=True)
-        try:
-            proposal, seconds = future.result()
-        except AgentExhausted as done:
+        answer, run.timings.agent_s = future.result()
+        if isinstance(answer, AgentExhausted):
             del self.flights[run.run_id]  # never a run: its id is the next one's
             shutil.rmtree(self.paths.run_dir(run.run_id), ignore_errors=True)
-            self._stop(f"the agent has nothing more to propose ({done})")
+            self._stop(f"the agent has nothing more to propose ({answer})")
             return
-        except AgentError as err:
+        if isinstance(answer, AgentError):
+            err = answer
             self.agent_failures += 1
             self._note_model(err.meta)
-            run.timings.agent_s = getattr(err, "seconds", 0.0)
             record = dict(
                 run_id=run.run_id,
                 index=run.index,
@@ -542,9 +542,8 @@ class Night:
                 self._stop(f"the agent failed {self.agent_failures} times in a row: {err}")
             return
         self.agent_failures = 0
-        run.timings.agent_s = seconds
-        self._note_model(proposal.meta)
-        self._prepare(flight, proposal)
+        self._note_model(answer.meta)
+        self._prepare(flight, answer)
 
     def _prepare(self, flight: Flight, proposal: Proposal) -> None:
         """Apply, check and commit a proposal on its base commit, then queue its first job (smoke step,
@@ -652,20 +651,25 @@ class Night:
         directory = self.paths.trial_dir(flight.run_id, number, seed)
         if number > 0:
             shutil.rmtree(directory, ignore_errors=True)  # a seed killed half-way trains again
+        label = "train" if number == 0 else f"train seed {seed}"
+        s = self.settings
+        return self._job(
+            flight, label, directory, seed=seed, smoke=smoke, budget_s=s.per_run_s, grace_s=s.grace
+        )
+
+    def _job(self, flight: Flight, label: str, directory: Path, **fields: object) -> Job:
+        """A job of `flight`'s: its experiment, judged on the night's task for its model kind. A training's
+        wall-clock limit is set when it starts (`_dispatch`)."""
         record = flight.pending.record
         return Job(
             run_id=flight.run_id,
-            label="train" if number == 0 else f"train seed {seed}",
+            label=label,
             directory=directory,
             experiment=record["experiment"],
             task=EXPERIMENTS[record["model_kind"]],
             eval_samples=self.settings.eval_samples,
             eval_timeout_s=self._eval_timeout(),
-            seed=seed,
-            smoke=smoke,
-            budget_s=self.settings.per_run_s,
-            grace_s=self.settings.grace,
-            train_timeout_s=self._train_timeout(),
+            **fields,
         )
 
     def _dispatch(self) -> None:
@@ -850,21 +854,11 @@ class Night:
         flight.verdict, flight.noise = reason, noise
         for trial in flight.pending.trials:
             if trial.ok:
-                flight.queued.append(self._test_job(flight, self.paths.runs / trial.directory))
+                test = self._job(
+                    flight, "eval test", self.paths.runs / trial.directory, split="test", train=False
+                )
+                flight.queued.append(test)
                 flight.tests += 1
-
-    def _test_job(self, flight: Flight, directory: Path) -> Job:
-        return Job(
-            run_id=flight.run_id,
-            label="eval test",
-            directory=directory,
-            experiment=flight.pending.record["experiment"],
-            task=EXPERIMENTS[flight.pending.record["model_kind"]],
-            eval_samples=self.settings.eval_samples,
-            eval_timeout_s=self._eval_timeout(),
-            split="test",
-            train=False,
-        )
 
     def _kept(self, flight: Flight) -> None:
         """A keep whose test split is judged: it becomes the best, unless a run kept meanwhile beat it."""

@@ -140,25 +140,20 @@ def worker_shares(count: int, cpus_per_run: int | None = None) -> list[list[int]
             + (f" x --cpus-per-run {cpus_per_run}" if cpus_per_run else "")
             + f" needs {count * max(k, 1)} cores; this process may use {len(cores)}"
         )
-    return (
-        split_cores(cores, count)
-        if cpus_per_run is None
-        else [cores[i * k : (i + 1) * k] for i in range(count)]
-    )
+    return split_cores(cores[: count * k], count)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Slot:
     name: str
     cores: list[int]
-    busy: bool = False
 
 
 @dataclass
 class LocalWorkers:
     """`count` jobs at once on this machine, each on its own equal share of the cores (`split_cores`, or
-    `cpus_per_run` each), with `threads` training threads. A job is a thread here that waits on its
-    subprocesses (forked from the one fork server), so the harness's own cores stay free."""
+    `cpus_per_run` each), with `threads` training threads. A job is a thread here that only waits on its
+    subprocesses (forked from the one fork server): the cores are its subprocesses'."""
 
     dataset: Path
     judge_root: Path
@@ -192,7 +187,6 @@ class LocalWorkers:
     def submit(self, job: Job, tree: Path) -> Future[JobResult]:
         """Start `job` on a free worker (the caller checks `free()` first)."""
         slot = self._free.get_nowait()
-        slot.busy = True
 
         def work() -> JobResult:
             start = time.monotonic()
@@ -209,7 +203,6 @@ class LocalWorkers:
                 self.job_overheads.append(time.monotonic() - start - result.steps_s)
                 return result
             finally:
-                slot.busy = False
                 self._free.put(slot)
 
         return self._pool.submit(work)
