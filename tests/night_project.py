@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -85,16 +86,21 @@ def tiny_night(root: Path, tag: str, dataset: Path, **overrides: object) -> Nigh
     return NightSettings(root=root, tag=tag, dataset=dataset, **fields)
 
 
-def run_harness(*args: str, env: dict | None = None, cores: list[int] | None = None) -> subprocess.Popen:
-    """`harness run` as a terminal starts it: Ctrl-C at its default, even when the tests themselves run in
-    the background (a shell's `&` starts them with SIGINT ignored, which Python would keep). `cores`: its
-    CPU affinity (default: the test's own, one core under `make test`)."""
+def as_a_terminal_starts_it(cores: list[int] | None = None) -> Callable[[], None]:
+    """A `preexec_fn`: Ctrl-C at its default, even when the tests themselves run in the background (a shell's
+    `&` starts them with SIGINT ignored, which a child keeps), on `cores` when given (the test's own
+    affinity otherwise: one core under `make test`)."""
 
-    def as_a_terminal_starts_it() -> None:
+    def preexec() -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if cores is not None:
             os.sched_setaffinity(0, cores)
 
+    return preexec
+
+
+def run_harness(*args: str, env: dict | None = None, cores: list[int] | None = None) -> subprocess.Popen:
+    """`harness run` as a terminal starts it (`as_a_terminal_starts_it`), on `cores` when given."""
     return subprocess.Popen(
         [sys.executable, "-m", "harness", "run", *args],
         cwd=ROOT,
@@ -103,7 +109,7 @@ def run_harness(*args: str, env: dict | None = None, cores: list[int] | None = N
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=as_a_terminal_starts_it,
+        preexec_fn=as_a_terminal_starts_it(cores),
     )
 
 

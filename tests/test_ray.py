@@ -21,7 +21,13 @@ from harness.agents.replay import write_replay
 from harness.ledger import Ledger, RunStatus
 from harness.paths import NightPaths, run_id_for
 from tests.helpers import wait_for
-from tests.night_project import loss_edit, make_project, replay_night_args, run_harness
+from tests.night_project import (
+    as_a_terminal_starts_it,
+    loss_edit,
+    make_project,
+    replay_night_args,
+    run_harness,
+)
 from tests.test_parallel import ALL_CORES, PARALLEL
 
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
@@ -49,17 +55,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"--metrics-export-port={free_port()}",
     ]
 
-    def whole_machine_and_ctrl_c() -> None:
-        os.sched_setaffinity(0, ALL_CORES)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job ignores it; the teardown sends it
-
     with open(log, "w") as out:
         head = subprocess.Popen(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=whole_machine_and_ctrl_c,
+            preexec_fn=as_a_terminal_starts_it(ALL_CORES),  # the teardown stops it with SIGINT
             env={**os.environ, **TOKEN_AUTH},
         )
     address = f"127.0.0.1:{port}"
