@@ -39,11 +39,12 @@ demo: setup $(DATA)/meta/info.json
 	$(VENV)/bin/harness promote --best
 	$(VENV)/bin/robot-center --checkpoint best --benchmark --episodes $(DEMO_CENTER_EPISODES)
 
-# Two workers, one test file each at a time (tests/conftest.py: the files that share the session's loop night
-# go to one worker together), so module and session fixtures are built once: most of the suite waits on
-# subprocesses starting Python and torch, so two at once halve it on 2 cores.
+# Three workers, one test file each at a time (tests/conftest.py: the files that share the session's loop
+# night go to one worker together), so module and session fixtures are built once: most of the suite waits on
+# subprocesses starting Python and torch, or on timeouts, so three at once keep 2 cores busy.
+TEST_WORKERS ?= 3
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .

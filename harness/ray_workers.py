@@ -59,6 +59,12 @@ def unpack(archive: bytes, directory: Path) -> None:
         tar.extractall(directory, filter="data")
 
 
+def task_name(job: Job) -> str:
+    """A job's name on the cluster (its worker's process title is `ray::<name>`, and Ray's dashboard and
+    `ray list tasks` show it): which night's run, and which of its jobs."""
+    return f"worldloop {job.run_id} {job.label}"
+
+
 @ray.remote(max_retries=1)  # a dead worker process or node: once more; an exception in the job: never
 def _remote_job(job: Job, tree: bytes, judge: bytes, trial: bytes, dataset: str, threads: int) -> tuple:
     """One job on a Ray worker, in a temporary directory: returns (JobResult, the trial directory's tar)."""
@@ -136,7 +142,7 @@ class RayWorkers:
                 self._trees[tree] = ray.put(pack(tree))
             tree_ref = self._trees[tree]
         trial = pack(job.directory) if not job.train else b""
-        ref = _remote_job.options(num_cpus=self.cpus, num_gpus=self.gpus).remote(
+        ref = _remote_job.options(num_cpus=self.cpus, num_gpus=self.gpus, name=task_name(job)).remote(
             job, tree_ref, self._judge, trial, str(self.dataset), self.cpus
         )
         with self._lock:

@@ -26,9 +26,12 @@ torch.set_num_threads(1)
 
 
 def _pin_xdist_worker() -> None:
-    """Under `make test` (xdist workers) each worker, and every subprocess it starts, runs on cores of its
-    own (`split_cores`, as two runs of a night side by side): a training then uses one thread on a 2-core
-    machine, and the two workers never fight over a core."""
+    """Under xdist with no more workers than cores, each worker, and every subprocess it starts, runs on
+    cores of its own (`split_cores`, as runs of a night side by side). `make test` runs more workers than
+    cores (3 on 2): much of the suite waits (on timeouts, kills, servers starting), and a third worker fills
+    those waits; the workers are then left to the kernel to balance (every training uses one thread anyway,
+    models/openmp.py). On this machine, one after another: 210 s with 3 workers taking the cores in turn,
+    202 s with 3 unpinned; 2 pinned workers took 242 s before two nights of the parallel tests were merged."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

@@ -1,7 +1,7 @@
 """Parallel nights: two runs in flight on local workers, each on its own core, decided as they finish.
 
-Real `Night`s and `harness run` subprocesses on the tiny project of tests/night_project.py. Under `make test`
-each xdist worker is pinned to one core; these nights get the whole machine back (two workers need two).
+Real `harness run` subprocesses on the tiny project of tests/night_project.py. Under `make test` each xdist
+worker is pinned to one core; these nights get the whole machine back (two workers need two).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import git
 import pytest
 
 from harness.agents.base import Proposal
-from harness.agents.replay import ReplayAgent, write_replay
+from harness.agents.replay import write_replay
 from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, Trial
-from harness.loop import Night
 from harness.paths import NightPaths, run_id_for
 from tests.helpers import wait_for
 from tests.night_project import (
@@ -26,7 +25,6 @@ from tests.night_project import (
     make_project,
     replay_night_args,
     run_harness,
-    tiny_night,
 )
 
 ALL_CORES = sorted(range(os.cpu_count() or 1))
@@ -69,19 +67,50 @@ def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
-def test_a_two_worker_night_trains_side_by_side_and_decides_in_finish_order(
+def test_a_two_worker_night_killed_with_two_runs_in_flight_resumes_and_decides_in_finish_order(
     small_cache: Path, tmp_path: Path, whole_machine: list[int]
 ):
+    """`harness run --workers 2`, killed by kill -9 while two candidates train, then `--resume`: no run lost
+    or doubled, and the night reads as one: decided in finish order, each run against the best then."""
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", PARALLEL)
-    settings = tiny_night(root, "p", small_cache, max_runs=4, baseline_seeds=2, workers=2)
-    info = Night(settings, ReplayAgent(replay)).run()
-    assert info.end_reason == "--max-runs 4 reached" and info.workers == 2
+    args = replay_night_args(root, "p", replay, small_cache, per_run="1s")
     paths = NightPaths(root, "p")
+    proc = run_harness(
+        *args,
+        *("--baseline-seeds", "2", "--max-runs", "4", "--workers", "2", "--backlog", "0"),
+        cores=whole_machine,
+    )
+
+    def two_training() -> bool:
+        activity = NightActivity.read(paths) if paths.current.exists() else None
+        return activity is not None and sum(r.phase == "train" for r in activity.runs) == 2
+
+    wait_for(two_training)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything it started
+    proc.wait()
+    in_flight = sorted(p.parent.name for p in paths.runs.glob("*/pending.json"))
+    assert in_flight == [run_id_for("p", 1), run_id_for("p", 2)]
+    assert all(PendingRun.read(paths.run_dir(r)).record["commit"] for r in in_flight)
+    before = Ledger(paths).read()
+    assert [r.run_id for r in before] == [run_id_for("p", 0)]
+
+    resumed = run_harness(
+        *("--root", str(root), "--resume", "p", "--agent", "replay", "--replay", str(replay)),
+        *("--max-runs", "4", "--workers", "2"),
+        cores=whole_machine,
+    )
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    for run_id in in_flight:
+        assert f"{run_id} · resumed at" in out
     records = Ledger(paths).read()
-    assert sorted(r.run_id for r in records) == [run_id_for("p", i) for i in range(4)]
+    assert records[:1] == before
+    assert sorted(r.run_id for r in records) == [run_id_for("p", i) for i in range(4)]  # none lost or twice
     by_id = {r.run_id: r for r in records}
     assert [by_id[run_id_for("p", i)].hypothesis for i in (1, 2, 3)] == [p.hypothesis for p in PARALLEL]
+    info = NightInfo.read(paths)
+    assert info.end_reason == "--max-runs 4 reached" and info.finished_at is not None and info.workers == 2
 
     # Decided as they finished: the ledger is in finish order, and each run was judged against the best then.
     assert [r.finished_at for r in records] == sorted(r.finished_at for r in records)
@@ -95,8 +124,8 @@ def test_a_two_worker_night_trains_side_by_side_and_decides_in_finish_order(
 
     # Both workers trained, at the same time: the baseline's two seeds side by side, then the candidates.
     assert {t.worker for r in records for t in r.trials} == {"w0", "w1"}
-    first, second = by_id[run_id_for("p", 0)].trials
-    assert first.worker != second.worker and overlap(span(first), span(second))
+    first, other = by_id[run_id_for("p", 0)].trials
+    assert first.worker != other.worker and overlap(span(first), span(other))
 
     # The branch tip is the best commit; every tried commit stays reachable; nothing is left in flight.
     repo = git.Repo(root)
@@ -110,54 +139,6 @@ def test_a_two_worker_night_trains_side_by_side_and_decides_in_finish_order(
         assert paths.report(r.run_id).exists()
     summary = paths.summary.read_text()
     assert f"harness promote {kept.run_id}" in summary and "2 local workers" in summary
-
-
-def test_kill_9_with_two_runs_in_flight_then_resume_loses_none_and_doubles_none(
-    small_cache: Path, tmp_path: Path, whole_machine: list[int]
-):
-    root = make_project(tmp_path / "project")
-    proposals = [
-        Proposal(
-            hypothesis=f"learning rate {k}e-30 (learns nothing)",
-            edits=[config_edit("lr = 1e-30", f"lr = {k}e-30")],
-        )
-        for k in (2, 3, 4)
-    ]
-    replay = write_replay(tmp_path / "p.jsonl", proposals)
-    args = replay_night_args(root, "k", replay, small_cache, per_run="1s")
-    paths = NightPaths(root, "k")
-    proc = run_harness(*args, "--max-runs", "4", "--workers", "2", "--backlog", "0", cores=whole_machine)
-
-    def two_training() -> bool:
-        activity = NightActivity.read(paths) if paths.current.exists() else None
-        return activity is not None and sum(r.phase == "train" for r in activity.runs) == 2
-
-    wait_for(two_training)
-    os.killpg(proc.pid, signal.SIGKILL)  # the harness and everything it started
-    proc.wait()
-    in_flight = sorted(p.parent.name for p in paths.runs.glob("*/pending.json"))
-    assert len(in_flight) == 2 and all(PendingRun.read(paths.run_dir(r)).record["commit"] for r in in_flight)
-    before = Ledger(paths).read()
-
-    resumed = run_harness(
-        *("--root", str(root), "--resume", "k", "--agent", "replay", "--replay", str(replay)),
-        *("--max-runs", "4", "--workers", "2"),
-        cores=whole_machine,
-    )
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out
-    for run_id in in_flight:
-        assert f"{run_id} · resumed at" in out
-    records = Ledger(paths).read()
-    assert records[: len(before)] == before
-    assert sorted(r.run_id for r in records) == [
-        run_id_for("k", i) for i in range(4)
-    ]  # none lost, none twice
-    assert sorted(r.hypothesis for r in records[1:]) == sorted(p.hypothesis for p in proposals)
-    assert all(r.status in (RunStatus.KEEP, RunStatus.DISCARD) for r in records)
-    info = NightInfo.read(paths)
-    assert info.finished_at is not None and info.end_reason == "--max-runs 4 reached"
-    assert not list(paths.runs.glob("*/pending.json"))
 
 
 def test_too_many_workers_for_the_cores_is_one_line_before_the_night_starts(

@@ -28,7 +28,7 @@ from tests.night_project import (
     replay_night_args,
     run_harness,
 )
-from tests.test_parallel import ALL_CORES, PARALLEL
+from tests.test_parallel import ALL_CORES, PARALLEL, overlap, span
 
 TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
 """`ray start` (Ray >= 2.59) starts a cluster with token authentication (its token in ~/.ray/auth_token); a
@@ -84,11 +84,33 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             head.wait()
 
 
-def test_a_two_worker_night_on_ray_decides_in_finish_order(
+def job_processes(run_id: str = "") -> list[int]:
+    """The Ray worker processes running a night's job now (of `run_id`'s, when given): Ray titles a worker
+    `ray::<task name>`, and a job's task is named after its run (`harness.ray_workers.task_name`)."""
+    prefix = f"ray::worldloop {run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(prefix):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+HANGS = Proposal(hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")])
+
+
+def test_a_two_worker_night_on_ray_decides_in_finish_order_and_loses_a_run_whose_worker_dies_twice(
     ray_cluster: str, small_cache: Path, tmp_path: Path
 ):
+    """`harness run --executor ray --workers 2` on the cluster: the baseline's seeds side by side, keeps and
+    discards in finish order; the hanging run's worker is killed, Ray runs the job once more, that worker is
+    killed too, and the run is recorded `lost` while the night goes on."""
     root = make_project(tmp_path / "project")
-    replay = write_replay(tmp_path / "p.jsonl", PARALLEL)
+    residual, _, residual_again = PARALLEL
+    replay = write_replay(tmp_path / "p.jsonl", [residual, HANGS, residual_again])
     args = replay_night_args(root, "r", replay, small_cache, per_run="1s")
     proc = run_harness(
         *args,
@@ -97,6 +119,13 @@ def test_a_two_worker_night_on_ray_decides_in_finish_order(
         env=TOKEN_AUTH,
         cores=ALL_CORES,
     )
+    hanging = run_id_for("r", 2)
+    killed: list[int] = []
+    for _ in range(2):  # the job, then Ray's one retry of it
+        wait_for(lambda: [p for p in job_processes(hanging) if p not in killed])
+        victim = next(p for p in job_processes(hanging) if p not in killed)
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     paths = NightPaths(root, "r")
@@ -104,56 +133,17 @@ def test_a_two_worker_night_on_ray_decides_in_finish_order(
     by_id = {r.run_id: r for r in records}
     assert sorted(by_id) == [run_id_for("r", i) for i in range(4)]
     assert [r.finished_at for r in records] == sorted(r.finished_at for r in records)
-    residual = sorted((by_id[run_id_for("r", i)] for i in (1, 3)), key=records.index)
-    assert [r.status for r in residual] == [RunStatus.KEEP, RunStatus.DISCARD]
-    assert residual[0].run_id in residual[1].reason and by_id["r-002"].status == RunStatus.DISCARD
-    workers = {t.worker for r in records for t in r.trials}
-    assert len(workers) == 2 and all(
-        re.fullmatch(r"[\d.]+:\d+", w) for w in workers
-    )  # two Ray workers: ip:pid
-    for r in records:  # the run directories came back to the head node
-        assert paths.report(r.run_id).exists() and (paths.run_dir(r.run_id) / "eval_val.json").exists()
-    assert (paths.run_dir(residual[0].run_id) / "eval_test.json").exists()
+    kept, again = sorted((by_id[run_id_for("r", i)] for i in (1, 3)), key=records.index)
+    assert (kept.status, again.status) == (RunStatus.KEEP, RunStatus.DISCARD) and kept.run_id in again.reason
+    assert by_id[hanging].status == RunStatus.LOST and "its worker died twice" in by_id[hanging].reason
+    assert hanging in out
+
+    first, second = by_id[run_id_for("r", 0)].trials  # two Ray workers (ip:pid), side by side
+    assert re.fullmatch(r"[\d.]+:\d+", first.worker) and re.fullmatch(r"[\d.]+:\d+", second.worker)
+    assert first.worker != second.worker and overlap(span(first), span(second))
+    for r in records:
+        if r.status != RunStatus.LOST:  # the run directories came back to the head node
+            assert paths.report(r.run_id).exists() and (paths.run_dir(r.run_id) / "eval_val.json").exists()
+    assert (paths.run_dir(kept.run_id) / "eval_test.json").exists()
     assert "2 ray workers" in paths.summary.read_text()
-
-
-def job_processes() -> list[int]:
-    """The Ray worker processes running a night's job now (Ray titles them after the task)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::_remote_job"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def test_a_worker_killed_mid_run_is_retried_once_then_the_run_is_lost(
-    ray_cluster: str, small_cache: Path, tmp_path: Path
-):
-    root = make_project(tmp_path / "project")
-    hangs = Proposal(
-        hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]
-    )
-    replay = write_replay(tmp_path / "p.jsonl", [hangs])
-    paths = NightPaths(root, "l")
-    proc = run_harness(
-        *replay_night_args(root, "l", replay, small_cache, per_run="1s"),
-        *("--max-runs", "2", "--executor", "ray", "--address", ray_cluster),
-        env=TOKEN_AUTH,
-        cores=ALL_CORES,
-    )
-    killed: list[int] = []
-    for _ in range(2):  # the job, then Ray's one retry of it
-        wait_for(lambda: len(Ledger(paths).read()) == 1 and [p for p in job_processes() if p not in killed])
-        victim = next(p for p in job_processes() if p not in killed)
-        os.kill(victim, signal.SIGKILL)
-        killed.append(victim)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    records = Ledger(paths).read()
-    assert [r.status for r in records] == [RunStatus.KEEP, RunStatus.LOST]
-    assert "its worker died twice" in records[1].reason and "l-001" in out
     assert not job_processes()  # nothing left running on the cluster
