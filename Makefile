@@ -43,8 +43,9 @@ demo: setup $(DATA)/meta/info.json
 # night go to one worker together), so module and session fixtures are built once: most of the suite waits on
 # subprocesses starting Python and torch, or on timeouts, so three at once keep 2 cores busy.
 TEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

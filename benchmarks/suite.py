@@ -40,8 +40,7 @@ def main() -> None:
     )
     try:
         setup_s, _ = _phase(["make", "setup"], clone)
-        test_command = [".venv/bin/python", "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile"]
-        test_s, out = _phase([*test_command, "--durations=10"], clone)
+        test_s, out = _phase(["make", "test", "PYTEST_ARGS=--durations=10"], clone)
         lint_s, _ = _phase(["make", "lint"], clone)
     finally:
         shutil.rmtree(clone.parent, ignore_errors=True)
@@ -52,7 +51,7 @@ def main() -> None:
         Row(".ci/run in all", total, "s", f"< {TARGET_S:.0f} s", f"commit {commit.stdout.strip()}"),
         Row("setup (venv, torch CPU wheel, the package)", setup_s, "s"),
         Row(
-            "tests (make test's pytest -n 2)",
+            "tests (make test: 3 xdist workers)",
             test_s,
             "s",
             note=f"{passed.group(1) if passed else '?'} passed",
@@ -67,7 +66,7 @@ def main() -> None:
         "suite",
         "The test suite from a fresh clone: `.ci/run`'s phases (2 CPU cores)",
         rows,
-        f"Beside it: {args.beside}. The tests' own phase is pytest with 2 xdist workers, one core each.",
+        f"Beside it: {args.beside}. The tests' own phase is `make test`: pytest with 3 xdist workers.",
     )
 
 

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -54,11 +54,12 @@ from harness.ledger import (
     night_noise,
     now,
 )
+from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
 from harness.secrets import RedactingStream
 from harness.trees import export_tree
-from harness.workers import Job, JobResult, LocalWorkers, Workers, worker_shares
+from harness.workers import Job, JobResult, LocalWorkers, PhaseCallback, Workers, worker_shares
 from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
 from models.files import read_toml
@@ -232,6 +233,7 @@ class Flight:
     hypothesis: str = ""
     proposal: Future | None = None  # the agent's answer, while it is being asked
     proposal_tree: Path | None = None  # the best commit's files, which the agent reads while it proposes
+    # (shared with the other proposals on the same commit: agents read it, never write it)
     pending: PendingRun | None = None  # set once committed (pending.json)
     tree: Path | None = None  # its commit's files, where its jobs run
     queued: list[Job] = field(default_factory=list)  # jobs waiting for a worker
@@ -279,8 +281,17 @@ TICK_S = 1.0  # how often the live progress line is redrawn while nothing happen
 class Night:
     """One night of one tag: owns the workspace, the workers, the ledger and every decision."""
 
-    def __init__(self, settings: NightSettings, agent: Agent, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        settings: NightSettings,
+        agent: Agent,
+        console: Console | None = None,
+        make_workers: Callable[[Path, PhaseCallback], Workers] | None = None,
+    ) -> None:
+        """`make_workers(judge, on_phase)`: the night's workers, given its pinned judge and where their jobs'
+        phases go; by default those of `settings.executor` (benchmarks/large_night.py simulates them)."""
         self.settings = settings
+        self.make_workers = make_workers
         self.agent = agent
         self.console = console or Console(file=RedactingStream(sys.stdout))
         self.paths = NightPaths(Path(settings.root).resolve(), settings.tag)
@@ -299,12 +310,16 @@ class Night:
         self._agents: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # current.json and the phases: written by worker threads and this one
         self._status = None  # the live line of a terminal
+        self.painter: Painter | None = None  # draws the figures of a night of several workers
+        self._base_trees: dict[str, tuple[Path, int]] = {}  # commit: its tree, the proposals reading it
 
     # ------------------------------------------------------------------------------------ setup
 
     def _start(self) -> None:
         s, paths = self.settings, self.paths
-        if s.executor == "local":
+        if self.make_workers is not None:
+            pass
+        elif s.executor == "local":
             worker_shares(s.workers, s.cpus_per_run)  # too few cores: said before the night is created
         else:
             import harness.ray_workers  # noqa: F401 - no Ray installed: said before the night is created
@@ -354,9 +369,20 @@ class Night:
             self.console.print(f"workers: {self.workers.describe()}", highlight=False)
         workers = s.workers + s.proposals_ahead if getattr(self.agent, "concurrent", False) else 1
         self._agents = ThreadPoolExecutor(workers, thread_name_prefix="agent")
+        if s.workers > 1:  # one worker's night waits on its one run anyway: it draws its figures itself
+            self.painter = Painter(paths.runs / "painter.log")
+        self._draw_missing_figures()
+
+    def _draw_missing_figures(self) -> None:
+        """A night killed before its figures were drawn (its painter went with it) gets them on resume."""
+        for record in self.records:
+            if any(not path.exists() for path in reports.run_figures(record, self.paths).values()):
+                reports.render_run(self.paths, record, self.records, painter=self.painter)
 
     def _make_workers(self, judge: Path) -> Workers:
         s = self.settings
+        if self.make_workers is not None:
+            return self.make_workers(judge, self._on_phase)
         if s.executor == "ray":
             from harness.ray_workers import RayWorkers
 
@@ -392,23 +418,30 @@ class Night:
             self._close(cancel=True)
             reason = str(end)
         except KeyboardInterrupt:
-            self._close(cancel=True)
+            self._close(cancel=True, drop_figures=True)
             self._finish("interrupted (Ctrl-C)", finished=False)
             raise
         except BaseException:
-            self._close(cancel=True)
+            self._close(cancel=True, drop_figures=True)
             raise
         self._close(cancel=False)
         self._finish(reason, finished=True)
         return self.info
 
-    def _close(self, cancel: bool) -> None:
+    def _close(self, cancel: bool, drop_figures: bool = False) -> None:
         """Workers ended (their subprocesses killed, with `cancel`); agents still thinking are left to end
-        on their own (their answers are not used)."""
+        on their own (their answers are not used); the painter's figures drawn (or, with `drop_figures`,
+        those not started dropped: a Ctrl-C ends the night in seconds)."""
         if self.workers is not None:
             self.workers.close(cancel=cancel)
         if self._agents is not None:
             self._agents.shutdown(wait=False, cancel_futures=True)
+        if self.painter is not None:
+            for failure in self.painter.close(wait=not drop_figures):
+                self.console.print(f"[yellow]note:[/yellow] could not draw {failure}", highlight=False)
+            if drop_figures:
+                self.console.print("figures not drawn yet were dropped: `harness report <run-id>` draws them")
+            self.painter = None
 
     def _fly(self) -> str:
         """Keep the workers busy until the night must end; returns why it ended."""
@@ -514,7 +547,8 @@ class Night:
     def _proposal_done(self, flight: Flight, future: Future) -> None:
         run = flight.run
         if flight.proposal_tree is not None:
-            shutil.rmtree(flight.proposal_tree, ignore_errors=True)
+            self._release_base_tree(flight.base_commit)
+            flight.proposal_tree = None
         answer, run.timings.agent_s = future.result()
         if isinstance(answer, AgentExhausted):
             del self.flights[run.run_id]  # never a run: its id is the next one's
@@ -893,7 +927,7 @@ class Night:
         self._phase(flight, "report")
         record = {k: v for k, v in record.items() if k not in fields}
         final = RunRecord(**{**record, **fields}, timings=run.timings, finished_at=now())
-        reports.render_run(self.paths, final, [*self.records, final])
+        reports.render_run(self.paths, final, [*self.records, final], painter=self.painter)
         t = run.timings
         t.overhead_s = max(0.0, time.monotonic() - run.started - (t.total_s - t.overhead_s))
         final = final.model_copy(update={"timings": t, "finished_at": now()})
@@ -909,7 +943,7 @@ class Night:
             shutil.rmtree(flight.tree, ignore_errors=True)
         with self._lock:
             self._write_activity()
-        reports.render_summary(self.paths)
+        reports.render_summary(self.paths, painter=self.painter)
         self._report_result(final)
         if final.is_baseline and final.status != RunStatus.KEEP:  # every later run is judged against it
             raise NightEnded(f"the baseline run failed ({final.reason}); fix it before a night")
@@ -988,13 +1022,10 @@ class Night:
 
     def _context(self, flight: Flight) -> AgentContext:
         """What the agent sees for one proposal: the night so far, the runs in flight, and the tree of the
-        best commit now (its own copy: other proposals and runs never change it under it)."""
+        best commit now (a copy of its own commit's files: no run or other proposal changes it under it)."""
         run, records = flight.run, self.records
         run_dir = self.paths.run_dir(run.run_id)
-        tree = export_tree(
-            self.workspace.repo, flight.base_commit, self.paths.runs / "trees" / f"{run.run_id}.base"
-        )
-        flight.proposal_tree = tree
+        tree = flight.proposal_tree = self._base_tree(flight.base_commit)
         best, baseline = best_run(records), baseline_run(records)
         experiment = self.settings.experiment
         feedback = [
@@ -1041,6 +1072,23 @@ class Night:
                 for f in in_flight
             ],
         )
+
+    def _base_tree(self, commit: str) -> Path:
+        """The files of `commit` for the agents proposing on it: one read-only copy for all of them (128
+        proposals asked at once on the same best commit exported it 128 times, 25 ms each on the one
+        thread), removed when the last of them has answered."""
+        tree, users = self._base_trees.get(commit, (None, 0))
+        if tree is None:
+            tree = export_tree(self.workspace.repo, commit, self.paths.runs / "trees" / f"base-{commit[:12]}")
+        self._base_trees[commit] = (tree, users + 1)
+        return tree
+
+    def _release_base_tree(self, commit: str) -> None:
+        tree, users = self._base_trees.pop(commit)
+        if users > 1:
+            self._base_trees[commit] = (tree, users - 1)
+        else:
+            shutil.rmtree(tree, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------ progress
 

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import numpy as np
@@ -53,6 +54,9 @@ from harness.ledger import (
 )
 from harness.paths import NightPaths
 from models.config import read_config
+
+if TYPE_CHECKING:
+    from harness.painter import Painter
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
@@ -262,41 +266,54 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _draw_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> dict[str, str]:
-    """The run's PNGs, beside its report; only those its files allow (a crash has no counterfactuals)."""
+def run_figures(record: RunRecord, paths: NightPaths) -> dict[str, Path]:
+    """The PNGs a run's report shows, by kind: only those its files allow (a crash has no counterfactuals)."""
+    run_dir = paths.run_dir(record.run_id)
+    kinds = []
+    cf = run_dir / "cf_val.npz"
+    if record.status not in FAILED and cf.exists() and (run_dir / "config.json").exists():
+        with np.load(cf) as data:
+            if "index" in data.files and len(data["index"]):
+                kinds += ["cf", "error"]
+    if (run_dir / TRAIN_LOG).exists():
+        kinds.append("loss")
+    return {kind: paths.figure(record.run_id, kind) for kind in kinds}
+
+
+def draw_run_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> None:
+    """Draw a run's PNGs (`run_figures`): here, or in a night's painter process (harness/painter.py)."""
     from harness import plots  # matplotlib loads only where a figure is drawn, not for `harness --help`
 
     run_dir = paths.run_dir(record.run_id)
-    figures: dict[str, str] = {}
-    cf = run_dir / "cf_val.npz"
-    if record.status not in FAILED and cf.exists() and (run_dir / "config.json").exists():
+    figures = run_figures(record, paths)
+    if "cf" in figures:
         canvas = read_config(run_dir).canvas
-        with np.load(cf) as data:
+        with np.load(run_dir / "cf_val.npz") as data:
             examples = {k: data[k] for k in data.files}
-        if len(examples.get("index", [])):
-            figures["cf"] = plots.counterfactual_grid(
-                examples, canvas, paths.figure(record.run_id, "cf")
-            ).name
-            figures["error"] = plots.error_heatmaps(
-                examples, canvas, paths.figure(record.run_id, "error")
-            ).name
-    if (run_dir / TRAIN_LOG).exists():
+        plots.counterfactual_grid(examples, canvas, figures["cf"])
+        plots.error_heatmaps(examples, canvas, figures["error"])
+    if "loss" in figures:
         curves = [(record.run_id, run_dir / TRAIN_LOG)]
         if parent is not None:
             curves.append((f"{parent.run_id} (parent)", paths.run_dir(parent.run_id) / TRAIN_LOG))
-        figures["loss"] = plots.loss_curve(curves, paths.figure(record.run_id, "loss")).name
-    return figures
+        plots.loss_curve(curves, figures["loss"])
+
+
+def parent_of(record: RunRecord, records: list[RunRecord]) -> RunRecord | None:
+    return next((r for r in records if r.run_id == record.parent), None) if record.parent else None
 
 
 def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], draw: bool = True) -> RunView:
-    by_id = {r.run_id: r for r in records}
-    parent = by_id.get(record.parent) if record.parent else None
+    """A run's report as data; with `draw`, its figures are drawn here (else they are only named)."""
+    parent = parent_of(record, records)
     best = best_before(records, record)
     references: list[tuple[str, RunRecord]] = []
     if parent is not None and parent.primary is not None:
         references.append((f"parent {parent.run_id}", parent))
     if best is not None and best is not parent:
         references.append((f"best before {best.run_id}", best))
+    if draw:
+        draw_run_figures(record, paths, parent)
     run_dir = paths.run_dir(record.run_id)
     diff_lines = (
         (run_dir / PROPOSAL_DIFF).read_text().splitlines() if (run_dir / PROPOSAL_DIFF).exists() else []
@@ -307,7 +324,7 @@ def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], dra
         parent=parent,
         best=best if best is not parent else None,
         train=_read_json(run_dir / TRAIN_METRICS),
-        figures=_draw_figures(record, paths, parent) if draw else {},
+        figures={kind: path.name for kind, path in run_figures(record, paths).items()},
         diff="\n".join(diff_lines[:DIFF_LIMIT]),
         diff_truncated=len(diff_lines) > DIFF_LIMIT,
         rows=_metric_rows(record.metrics_val, [r.metrics_val for _, r in references], record.noise),
@@ -317,10 +334,18 @@ def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], dra
     )
 
 
-def render_run(paths: NightPaths, record: RunRecord, records: list[RunRecord] | None = None) -> Path:
-    """Write `reports/<tag>/<run-id>.md` and its PNGs; returns the markdown's path."""
+def render_run(
+    paths: NightPaths,
+    record: RunRecord,
+    records: list[RunRecord] | None = None,
+    painter: Painter | None = None,
+) -> Path:
+    """Write `reports/<tag>/<run-id>.md` and its PNGs (drawn by `painter` when given, else here); returns
+    the markdown's path."""
     records = Ledger(paths).read() if records is None else records
-    view = run_view(paths, record, records)
+    view = run_view(paths, record, records, draw=painter is None)
+    if painter is not None:
+        painter.run_figures(record, paths, parent_of(record, records))
     text = render_template("report.md.j2", v=view, r=record, tail=tail(record.error_tail))
     return atomic_write_text(view.report_path, text)
 
@@ -492,11 +517,21 @@ def night_view(paths: NightPaths) -> NightView:
     )
 
 
-def render_summary(paths: NightPaths) -> Path:
-    """Rewrite `reports/summary.md` and `reports/progress.png` for one night; returns the markdown's path."""
+def draw_progress(paths: NightPaths, records: list[RunRecord] | None = None) -> Path:
+    """`reports/progress.png`: the night's runs so far (read from its ledger when not given)."""
     from harness import plots
 
+    records = Ledger(paths).read() if records is None else records
+    points = [(r.index, r.primary, r.status.value, r.title) for r in records]
+    return plots.progress_plot(points, paths.progress, metric=f"val {PRIMARY_METRIC}")
+
+
+def render_summary(paths: NightPaths, painter: Painter | None = None) -> Path:
+    """Rewrite `reports/summary.md` and `reports/progress.png` (drawn by `painter` when given, else here) for
+    one night; returns the markdown's path."""
     view = night_view(paths)
-    points = [(r.index, r.primary, r.status.value, r.title) for r in view.records]
-    plots.progress_plot(points, paths.progress, metric=f"val {PRIMARY_METRIC}")
+    if painter is None:
+        draw_progress(paths, view.records)
+    else:
+        painter.progress(paths)
     return atomic_write_text(paths.summary, render_template("summary.md.j2", n=view, metric=PRIMARY_METRIC))

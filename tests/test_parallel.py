@@ -14,6 +14,7 @@ from pathlib import Path
 import git
 import pytest
 
+from harness import reports
 from harness.agents.base import Proposal
 from harness.agents.replay import write_replay
 from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, Trial
@@ -135,8 +136,10 @@ def test_a_two_worker_night_killed_with_two_runs_in_flight_resumes_and_decides_i
             assert repo.git.rev_parse(f"refs/harness/p/{r.run_id}") == r.commit
     assert not list(paths.runs.glob("*/pending.json")) and not paths.current.exists()
     assert not (paths.runs / "trees").exists() or not any((paths.runs / "trees").iterdir())
-    for r in records:
-        assert paths.report(r.run_id).exists()
+    for r in records:  # every report with its figures: drawn by the painter, or on resume if the kill took it
+        figures = reports.run_figures(r, paths)
+        assert paths.report(r.run_id).exists() and set(figures) == {"cf", "error", "loss"}
+        assert all(path.exists() for path in figures.values())
     summary = paths.summary.read_text()
     assert f"harness promote {kept.run_id}" in summary and "2 local workers" in summary
 

@@ -6,6 +6,7 @@ numbers in the ledger and on disk. The ledger's own robustness and summaries of 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import pytest
 
 from harness import plots, reports
 from harness.ledger import Ledger, LedgerError, NightActivity, NightInfo, RunningState, RunRecord, RunStatus
+from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
 from models.canvas import CanvasConfig
 from models.vocab import ACTION_NAMES
@@ -132,6 +134,38 @@ def test_images_have_the_size_of_their_content(night: NightPaths):
         assert image is not None and image.shape[0] > rows * 120  # each row a readable canvas
         assert image.shape[1] >= 400
     assert cf.shape[1] > error.shape[1]  # 5 columns vs 4
+
+
+def test_a_painter_process_draws_the_figures_it_is_asked_for_and_names_those_it_cannot(
+    night: NightPaths, tmp_path: Path
+):
+    """What a night of several workers does with its figures (harness/painter.py): a run's, the same as
+    drawn in line, and the progress plot asked twice while one is out; a run whose examples are damaged is
+    named among the failures, and the rest are still drawn."""
+    records = Ledger(night).read()
+    kept = records[KEEP]
+    copy = NightPaths(tmp_path, TAG)
+    for record in (kept, records[0]):  # the kept run and its parent, in a night of their own
+        shutil.copytree(night.run_dir(record.run_id), copy.run_dir(record.run_id))
+    shutil.copy(night.ledger, copy.ledger)
+    damaged = records[1]
+    shutil.copytree(night.run_dir(damaged.run_id), copy.run_dir(damaged.run_id))
+    (copy.run_dir(damaged.run_id) / "cf_val.npz").write_bytes(b"not an npz")
+
+    painter = Painter(tmp_path / "painter.log")
+    painter.run_figures(damaged, copy, None)
+    painter.run_figures(kept, copy, reports.parent_of(kept, records))
+    painter.progress(copy)
+    painter.progress(copy)
+    failures = painter.close()
+    assert len(failures) == 1 and failures[0].startswith(f"the figures of {damaged.run_id}:")
+    for kind in ("cf", "error", "loss"):
+        drawn, in_line = (
+            cv2.imread(str(copy.figure(kept.run_id, kind))),
+            cv2.imread(str(night.figure(kept.run_id, kind))),
+        )
+        assert drawn is not None and drawn.shape == in_line.shape
+    assert cv2.imread(str(copy.progress)) is not None
 
 
 def test_counterfactual_grid_puts_each_action_in_its_column(tmp_path: Path):
