@@ -33,10 +33,11 @@ from harness.agents.replay import ReplayAgent, write_replay
 from harness.executor import Executor
 from harness.judge import decide
 from harness.ledger import EVALUATED, Ledger, RunRecord, RunStatus, night_noise
-from harness.loop import EXPERIMENTS, Night, NightSettings, default_grace, train_summary
+from harness.loop import Night, NightSettings, default_grace, train_summary
 from harness.paths import NightPaths
 from harness.pinned import extract_judge
 from models.config import parse_duration
+from models.task import default_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 HOG = [sys.executable, "-c", "while True: pass"]
@@ -184,7 +185,7 @@ def noise(args: argparse.Namespace) -> None:
     judge = out / "judge"
     extract_judge(ROOT, "HEAD", judge)
     executor = Executor(ROOT, args.dataset.resolve(), judge_root=judge)
-    experiment = EXPERIMENTS["dit"]
+    experiment = default_experiment("dit")
     results, others = [], []
     for seed in range(args.seeds):
         run = out / f"seed-{seed}"

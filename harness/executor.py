@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,24 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return ""
     text = path.read_text(errors="replace")
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+GPU_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may give its runs: CUDA_VISIBLE_DEVICES when it is set, else those `nvidia-smi
+    -L` lists (none without an NVIDIA driver). Found without torch: the harness never initializes CUDA."""
+    if GPU_ENV in os.environ:
+        return [g.strip() for g in os.environ[GPU_ENV].split(",") if g.strip() not in ("", "-1")]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, _ in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
 
 
 def usable_cores() -> list[int]:
@@ -160,13 +179,17 @@ class Executor:
         judge_root: Path | None = None,
         threads: int = DEFAULT_THREADS,
         cancel: threading.Event | None = None,
+        gpus: Sequence[str] | None = None,
     ) -> None:
         """`cores`: the CPU cores every subprocess may run on (default: the harness's own affinity; the
         scheduler puts a one-thread training on the least busy of them); parallel executors get disjoint ones
         from `split_cores`. `threads`: the training's threads, at most one per core (DEFAULT_THREADS says
         why one). `judge_root`: the tree the judge runs from, a snapshot of the pinned files
         (harness.pinned.extract_judge); None, the worktree itself (for a tree nobody else edits). `cancel`:
-        set from another thread, it kills the subprocess running and raises Cancelled in its caller."""
+        set from another thread, it kills the subprocess running and raises Cancelled in its caller. `gpus`:
+        the GPUs its subprocesses see (CUDA_VISIBLE_DEVICES; empty: none, they run on CPU); None leaves the
+        environment's."""
+        self.gpus = None if gpus is None else list(gpus)
         self.cancel = cancel
         self.judge_root = None if judge_root is None else Path(judge_root)
         self.worktree = Path(worktree)
@@ -184,6 +207,12 @@ class Executor:
         if self._forking():
             with contextlib.suppress(OSError):  # a server that cannot start is reported at the first run
                 server_for(self.python, self._env())  # its imports overlap what the caller does before it
+
+    @property
+    def judge_device(self) -> str:
+        """Where the judge runs the model: the run's GPU when it has one (a 224 px model on CPU would take
+        longer to judge than to train), else the CPU."""
+        return "cuda" if self.gpus else "cpu"
 
     @staticmethod
     def _forking() -> bool:
@@ -215,16 +244,17 @@ class Executor:
         (`models.serve` in that tree) the server forks beside it, so that the judge need not start one
         (models/predictor.ATTACHED_ENV)."""
         base_env = self._env()
-        env = {**base_env, "PYTHONPATH": str(self.worktree)}
+        gpus = {} if self.gpus is None else {GPU_ENV: ",".join(self.gpus)}  # a run's own, not its server's
+        env = {**base_env, **gpus, "PYTHONPATH": str(self.worktree)}
         if self._forking():
             companion = None
             if predictor is not None:
                 run_dir, root = (str(path.resolve()) for path in predictor)
                 companion = {
                     "module": "models.serve",
-                    "args": [run_dir, "--device", "cpu"],  # the judge's default device, which we use
+                    "args": [run_dir, "--device", self.judge_device],  # as the judge would start it
                     "cwd": root,
-                    "env": {**base_env, "PYTHONPATH": root},
+                    "env": {**base_env, **gpus, "PYTHONPATH": root},
                     "announce_env": ATTACHED_ENV,
                 }
             try:
@@ -378,6 +408,8 @@ class Executor:
             str(self.worktree.resolve()),
             "--timeout",
             f"{max(1.0, timeout_s - margin_s):g}",
+            "--device",
+            self.judge_device,
         ]
         if task is not None:
             args += ["--task", str(root / task)]

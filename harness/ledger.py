@@ -183,6 +183,14 @@ class NightInfo(BaseModel):
     workers: int = 1  # runs in flight at once
     executor: str = "local"
     spent_s: float | None = None  # wall clock of the budget spent so far (None: an older night's file)
+    experiment: str | None = None  # `--experiment`: its kind's config in place of experiments/<kind>.toml
+
+    def experiment_of(self, kind: str) -> str:
+        """The experiment config a model kind trains with by default this night, and whose task (canvas,
+        data) its runs are judged on: `--experiment` for the night's one kind, else the kind's default."""
+        from models.task import default_experiment  # not at import: it loads the dataset code (0.3 s)
+
+        return self.experiment if self.experiment and self.model_kind == kind else default_experiment(kind)
 
     def write(self, paths: NightPaths) -> None:
         atomic_write_text(paths.night, self.model_dump_json(indent=2) + "\n")

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import git
 from pydantic_core import to_jsonable_python
 from rich.console import Console
 
@@ -59,15 +60,22 @@ from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
 from harness.secrets import RedactingStream
 from harness.trees import export_tree
-from harness.workers import Job, JobResult, LocalWorkers, PhaseCallback, Workers, worker_shares
+from harness.workers import (
+    Job,
+    JobResult,
+    LocalWorkers,
+    PhaseCallback,
+    Workers,
+    gpu_shares,
+    worker_shares,
+)
 from harness.workspace import ProposalRejected, Workspace
 from models.data import build_cache
+from models.errors import WorldloopError
 from models.files import read_toml
-from models.task import default_experiment, load_task
+from models.task import load_task
 
 LOOP_FILE = "LOOP.md"
-EXPERIMENTS = {kind: default_experiment(kind) for kind in ("dit", "gpt")}
-"""Each model kind's default experiment; its task, as at the night's base, is what the kind is judged on."""
 FEEDBACK_RUNS = 3  # latest runs shown to the agent in detail
 MAX_AGENT_FAILURES = 3  # consecutive agent errors that end the night
 
@@ -79,6 +87,11 @@ EVAL_TIMEOUT_S = 600.0
 budget and only a hung model should ever reach this: the baseline DiT's val judging took 101 s at one
 thread beside three busy programs, and a wider, deeper candidate 150 s on a quiet machine, so the old
 limit (120 s at 2m per run) failed good runs on a busy machine."""
+
+SUMMARY_EVERY_S = 10.0
+"""With several workers, the summary is rewritten after a run at most this often (and always when the night
+ends): it reads and renders the whole ledger on the night's one thread (0.13 s of CPU at 280 runs, growing
+with the night), while more workers finish runs ever faster."""
 
 TRAIN_SLACK = 3.0
 """A run's budget is the compute it gets (CPU time on CPU), so a run slowed by other programs takes longer in
@@ -132,8 +145,9 @@ def model_kind(experiment: Path) -> str:
 def default_backlog(workers: int) -> int:
     """Proposals asked for ahead of a free worker. One worker asks when it is free, so every proposal sees
     the result before it (as a night always did); N workers keep about N/2 ready, so a worker rarely waits
-    on the agent while most proposals still see the results before them. A reasoned default, not yet a
-    measured one (issue 14: the simulated large night is to measure it)."""
+    on the agent while most proposals still see the results before them. Measured (benchmarks/large_night.py,
+    8 workers, runs of 6 minutes, an agent of 60-120 s): workers busy 84% with no backlog, 95% with 2, 98%
+    with 4 (N/2), 99% with 8; past N/2 little is won while every proposal asked ahead sees fewer results."""
     return 0 if workers <= 1 else max(1, workers // 2)
 
 
@@ -160,7 +174,8 @@ class NightSettings:
     backlog: int | None = None
     executor: str = "local"
     address: str | None = None  # the Ray cluster's (executor "ray"); None starts a local one
-    gpus_per_run: float = 0.0
+    gpus_per_run: float | None = None  # each run's GPUs (default: local workers share the machine's equally)
+    experiment: str | None = None  # `--experiment`: the one kind's config in place of experiments/<kind>.toml
 
     @property
     def proposals_ahead(self) -> int:
@@ -170,10 +185,6 @@ class NightSettings:
     @property
     def grace(self) -> float:
         return default_grace(self.per_run_s) if self.grace_s is None else self.grace_s
-
-    @property
-    def experiment(self) -> str:
-        return EXPERIMENTS[self.model_kinds[0]]
 
 
 @dataclass
@@ -312,6 +323,7 @@ class Night:
         self._status = None  # the live line of a terminal
         self.painter: Painter | None = None  # draws the figures of a night of several workers
         self._base_trees: dict[str, tuple[Path, int]] = {}  # commit: its tree, the proposals reading it
+        self._summary_at = -SUMMARY_EVERY_S  # when the summary was last rewritten (monotonic)
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -320,9 +332,19 @@ class Night:
         if self.make_workers is not None:
             pass
         elif s.executor == "local":
-            worker_shares(s.workers, s.cpus_per_run)  # too few cores: said before the night is created
+            worker_shares(s.workers, s.cpus_per_run)  # too few cores, or GPUs: said before the night starts
+            gpu_shares(s.workers, s.gpus_per_run)
         else:
             import harness.ray_workers  # noqa: F401 - no Ray installed: said before the night is created
+        if s.experiment and not s.resume:  # the night starts from the last commit, and judges on its task
+            try:
+                git.Repo(paths.root).git.cat_file("-e", f"HEAD:{s.experiment}")
+            except git.GitCommandError:
+                raise WorldloopError(
+                    f"{s.experiment} is not committed: a night starts from the last commit"
+                ) from None
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+                pass  # not a project: Workspace.create says so
         worktree = paths.runs / "worktree"
         existing = NightInfo.read(paths)
         if s.resume:
@@ -352,6 +374,7 @@ class Night:
                 dataset=str(s.dataset),
                 workers=s.workers,
                 executor=s.executor,
+                experiment=s.experiment,
             )
         self.info.write(paths)
         self.records = self.ledger.read()
@@ -362,7 +385,7 @@ class Night:
         # The judge: the pinned files and experiment configs of the base commit, never the worktree's.
         judge = extract_judge(paths.root, self.info.base_commit, paths.runs / "judge")
         for kind in s.model_kinds:
-            task = load_task(judge / EXPERIMENTS[kind])
+            task = load_task(judge / self.info.experiment_of(kind))
             build_cache(s.dataset, task.canvas, task.data.split())
         self.workers = self._make_workers(judge)
         if s.workers > 1 or s.executor != "local":
@@ -387,9 +410,11 @@ class Night:
             from harness.ray_workers import RayWorkers
 
             return RayWorkers(
-                s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run, s.address, self._on_phase
+                s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run or 0.0, s.address, self._on_phase
             )
-        return LocalWorkers(s.dataset, judge, s.workers, s.cpus_per_run, on_phase=self._on_phase)
+        return LocalWorkers(
+            s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run, on_phase=self._on_phase
+        )
 
     def _summed(self) -> float:
         """The budget a night spent, for a night written before night.json kept it: its runs' own time."""
@@ -583,7 +608,7 @@ class Night:
         """Apply, check and commit a proposal on its base commit, then queue its first job (smoke step,
         first seed); a proposal that does not become a commit is recorded as rejected."""
         run, run_dir = flight.run, self.paths.run_dir(flight.run_id)
-        experiment = proposal.experiment or self.settings.experiment
+        experiment = proposal.experiment or self._experiment
         flight.hypothesis = proposal.hypothesis
         record = dict(
             run_id=run.run_id,
@@ -620,7 +645,8 @@ class Night:
         self.workspace.reset(flight.base_commit)
         try:
             changed = self.workspace.apply(proposal)
-            self.workspace.check(changed, base_commit=self.info.base_commit)
+            tasks = {kind: self.info.experiment_of(kind) for kind in self.settings.model_kinds}
+            self.workspace.check(changed, base_commit=self.info.base_commit, tasks=tasks)
             if not experiment.startswith("experiments/") or not (self.workspace.path / experiment).is_file():
                 raise ProposalRejected(f"experiment config {experiment} does not exist in experiments/")
             self._kind(experiment)
@@ -637,6 +663,11 @@ class Night:
         self.workspace.reset(self._best()[1])
         atomic_write_text(run_dir / reports.PROPOSAL_DIFF, commit.diff + "\n")
         return commit.sha, commit.diff_stat
+
+    @property
+    def _experiment(self) -> str:
+        """The experiment config a proposal changes unless it names another: the first kind's."""
+        return self.info.experiment_of(self.settings.model_kinds[0])
 
     def _kind(self, experiment: str) -> str:
         kind = model_kind(self.workspace.path / experiment)
@@ -700,7 +731,7 @@ class Night:
             label=label,
             directory=directory,
             experiment=record["experiment"],
-            task=EXPERIMENTS[record["model_kind"]],
+            task=self.info.experiment_of(record["model_kind"]),
             eval_samples=self.settings.eval_samples,
             eval_timeout_s=self._eval_timeout(),
             **fields,
@@ -943,7 +974,9 @@ class Night:
             shutil.rmtree(flight.tree, ignore_errors=True)
         with self._lock:
             self._write_activity()
-        reports.render_summary(self.paths, painter=self.painter)
+        if self.settings.workers == 1 or time.monotonic() - self._summary_at >= SUMMARY_EVERY_S:
+            reports.render_summary(self.paths, painter=self.painter)
+            self._summary_at = time.monotonic()
         self._report_result(final)
         if final.is_baseline and final.status != RunStatus.KEEP:  # every later run is judged against it
             raise NightEnded(f"the baseline run failed ({final.reason}); fix it before a night")
@@ -1027,7 +1060,7 @@ class Night:
         run_dir = self.paths.run_dir(run.run_id)
         tree = flight.proposal_tree = self._base_tree(flight.base_commit)
         best, baseline = best_run(records), baseline_run(records)
-        experiment = self.settings.experiment
+        experiment = self._experiment
         feedback = [
             reports.feedback(self.paths, r, records, root=self.paths.root) for r in records[-FEEDBACK_RUNS:]
         ]

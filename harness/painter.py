@@ -28,6 +28,7 @@ from pathlib import Path
 from harness import reports
 from harness.ledger import RunRecord
 from harness.paths import NightPaths
+from harness.secrets import clean_env
 
 
 class Painter:
@@ -43,6 +44,7 @@ class Painter:
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 text=True,
+                env=clean_env({}),  # it draws figures: no API key of the night's
             )
         self._outbox: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # the night never blocks on a pipe
         self._lock = threading.Lock()
@@ -101,6 +103,7 @@ class Painter:
             self._process.kill()
         self._outbox.put(None)
         self._process.wait()
+        self._reader.join(timeout=30)  # its last answers, failures among them
         return self.failures
 
     def _reader_drained(self) -> None:

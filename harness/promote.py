@@ -31,7 +31,6 @@ from models.promoted import (
     known_checkpoints,
     verify,
 )
-from models.task import default_experiment
 
 RUN_FILES = (
     "config.json",
@@ -131,7 +130,7 @@ def judge_on_test(
     with tempfile.TemporaryDirectory(prefix="worldloop-judge-") as scratch:
         judge = extract_judge(root, info.base_commit, Path(scratch) / "judge")
         executor = Executor(checkpoint / CODE_DIR, dataset, judge_root=judge)
-        task = default_experiment(kind)
+        task = info.experiment_of(kind)
         return executor.evaluate(checkpoint / RUN_DIR, "test", samples, TEST_TIMEOUT_S, task=task)
 
 

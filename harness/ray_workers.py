@@ -74,7 +74,8 @@ def _remote_job(job: Job, tree: bytes, judge: bytes, trial: bytes, dataset: str,
         judge_dir = extract_tree(judge, work / "judge")
         directory = work / "run"
         unpack(trial, directory)
-        executor = Executor(tree_dir, Path(dataset), judge_root=judge_dir, threads=threads)
+        gpus = [str(g) for g in ray.get_gpu_ids()] or None  # Ray's choice for this task (--gpus-per-run)
+        executor = Executor(tree_dir, Path(dataset), judge_root=judge_dir, threads=threads, gpus=gpus)
         worker = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         result = run_job(replace(job, directory=directory), executor, worker)
         return result, pack(directory)

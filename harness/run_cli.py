@@ -10,6 +10,7 @@ import typer
 from harness.agents import AGENTS, default_agent, make_agent
 from harness.ledger import LedgerError, NightInfo
 from harness.loop import Night, NightSettings
+from harness.loop import model_kind as experiment_kind
 from harness.paths import NightPaths
 from models.config import parse_duration
 from models.errors import WorldloopError
@@ -31,6 +32,25 @@ def _seconds(text: str, option: str) -> float:
     if value <= 0:
         raise WorldloopError(f"{option} must be positive, got {text!r}")
     return value
+
+
+def _night_experiment(root: Path, experiment: str, kind: str | None) -> tuple[str, str]:
+    """`--experiment`: a config under experiments/ (its path as the night keeps it) and its model kind, which
+    `--model-kind`, when given, must name."""
+    path = Path(experiment)
+    try:
+        relative = path.resolve().relative_to(root) if path.is_absolute() else path
+    except ValueError:
+        raise WorldloopError(f"--experiment {experiment}: not in the project {root}") from None
+    text = relative.as_posix()
+    if not text.startswith("experiments/") or relative.suffix != ".toml" or ".." in relative.parts:
+        raise WorldloopError(f"--experiment {experiment}: name a .toml file under experiments/")
+    if not (root / relative).is_file():
+        raise WorldloopError(f"--experiment {experiment}: no such file in {root / 'experiments'}")
+    trains = experiment_kind(root / relative)
+    if kind is not None and kind != trains:
+        raise WorldloopError(f"--experiment {experiment} trains a {trains}; --model-kind says {kind}")
+    return text, trains
 
 
 def _new_tag(root: Path) -> str:
@@ -59,7 +79,13 @@ def run(
     ),
     model: str = typer.Option(None, "--model", help="the agent's LLM (anthropic, claude-code)"),
     tag: str = typer.Option(None, "--tag", help="name of the night (default: today's date)"),
-    model_kind: str = typer.Option("dit", "--model-kind", help="dit | gpt | both"),
+    model_kind: str = typer.Option(None, "--model-kind", help="dit | gpt | both (default: dit)"),
+    experiment: str = typer.Option(
+        None,
+        "--experiment",
+        help="the night's config for its kind instead of experiments/<kind>.toml, e.g. "
+        "experiments/dit_224.toml: runs change it and are judged on its task (canvas, data)",
+    ),
     resume: str = typer.Option(None, "--resume", help="continue the night with this tag"),
     max_runs: int = typer.Option(None, "--max-runs", help="stop after this many runs (baseline included)"),
     replay: Path = REPLAY_OPTION,
@@ -73,7 +99,9 @@ def run(
     cpus_per_run: int = typer.Option(
         None, "--cpus-per-run", help="cores each run gets (default: local, an equal share; ray, 1)"
     ),
-    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="GPUs each run gets (ray)"),
+    gpus_per_run: float = typer.Option(
+        None, "--gpus-per-run", help="GPUs each run gets (local: default an equal share, 0 for CPU only)"
+    ),
     address: str = typer.Option(
         None, "--address", help="the Ray cluster: auto, or ray://host:port (default: start a local one)"
     ),
@@ -92,8 +120,8 @@ def run(
         raise WorldloopError(f"--backlog must be 0 or more, got {backlog}")
     if cpus_per_run is not None and cpus_per_run < 1:
         raise WorldloopError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
-    if executor == "local" and (address or gpus_per_run):
-        raise WorldloopError("--address and --gpus-per-run are for --executor ray")
+    if executor == "local" and address:
+        raise WorldloopError("--address is for --executor ray")
     scale = dict(
         workers=workers,
         executor=executor,
@@ -117,6 +145,7 @@ def run(
             max_runs=max_runs,
             eval_samples=eval_samples,
             baseline_seeds=info.baseline_seeds,
+            experiment=info.experiment,
             resume=True,
             **scale,
         )
@@ -124,6 +153,9 @@ def run(
     else:
         if baseline_seeds < 1:
             raise WorldloopError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
+        if experiment is not None:
+            experiment, model_kind = _night_experiment(root, experiment, model_kind)
+        model_kind = model_kind or "dit"
         if model_kind not in KINDS:
             raise WorldloopError(f"--model-kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
         settings = NightSettings(
@@ -137,6 +169,7 @@ def run(
             max_runs=max_runs,
             eval_samples=eval_samples,
             baseline_seeds=baseline_seeds,
+            experiment=experiment,
             **scale,
         )
         agent_name, agent_model = agent or default_agent(), model

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from harness.executor import Executor, StepResult, split_cores, usable_cores
+from harness.executor import Executor, StepResult, split_cores, usable_cores, visible_gpus
 from harness.ledger import now
 from models.errors import WorldloopError
 from models.openmp import DEFAULT_THREADS
@@ -143,10 +143,33 @@ def worker_shares(count: int, cpus_per_run: int | None = None) -> list[list[int]
     return split_cores(cores[: count * k], count)
 
 
+def gpu_shares(count: int, gpus_per_run: float | None = None) -> list[list[str] | None]:
+    """The GPUs of `count` local workers: equal shares of the visible GPUs (`visible_gpus`), or
+    `gpus_per_run` each (0: none, the runs train on CPU); None each on a machine without GPUs (the runs see
+    the environment as it is). Equal, as the cores are: runs on unequal hardware are not comparable.
+    WorldloopError, naming the options, when the machine has too few."""
+    gpus = visible_gpus()
+    if gpus_per_run is None:
+        if not gpus:
+            return [None] * count
+        per = len(gpus) // max(count, 1)
+    elif gpus_per_run != int(gpus_per_run) or gpus_per_run < 0:
+        raise WorldloopError(f"--gpus-per-run {gpus_per_run:g}: local workers take whole GPUs (0 for none)")
+    else:
+        per = int(gpus_per_run)
+    if (gpus_per_run is None and per == 0) or per * count > len(gpus):
+        raise WorldloopError(
+            f"--workers {count} needs {count * max(per, 1)} GPUs ({max(per, 1)} each); this process may use "
+            f"{len(gpus)}: fewer workers, or --gpus-per-run 0 to train on CPU"
+        )
+    return [gpus[i * per : (i + 1) * per] for i in range(count)]
+
+
 @dataclass(frozen=True)
 class _Slot:
     name: str
     cores: list[int]
+    gpus: list[str] | None = None
 
 
 @dataclass
@@ -159,6 +182,7 @@ class LocalWorkers:
     judge_root: Path
     count: int = 1
     cpus_per_run: int | None = None
+    gpus_per_run: float | None = None
     threads: int = DEFAULT_THREADS
     on_phase: PhaseCallback | None = None
     name: str = "local"
@@ -170,7 +194,8 @@ class LocalWorkers:
 
     def __post_init__(self) -> None:
         shares = worker_shares(self.count, self.cpus_per_run)
-        self._slots = [_Slot(f"w{i}", share) for i, share in enumerate(shares)]
+        gpus = gpu_shares(self.count, self.gpus_per_run)
+        self._slots = [_Slot(f"w{i}", share, gpus[i]) for i, share in enumerate(shares)]
         self._free = queue.SimpleQueue()
         for slot in self._slots:
             self._free.put(slot)
@@ -181,7 +206,10 @@ class LocalWorkers:
         return self._free.qsize()
 
     def describe(self) -> str:
-        shares = ", ".join(f"{s.name} cores {','.join(map(str, s.cores))}" for s in self._slots)
+        shares = ", ".join(
+            f"{s.name} cores {','.join(map(str, s.cores))}" + (f" GPUs {','.join(s.gpus)}" if s.gpus else "")
+            for s in self._slots
+        )
         return f"{self.count} local worker{'s' * (self.count > 1)} ({shares})"
 
     def submit(self, job: Job, tree: Path) -> Future[JobResult]:
@@ -198,6 +226,7 @@ class LocalWorkers:
                     judge_root=self.judge_root,
                     threads=self.threads,
                     cancel=self._cancel,
+                    gpus=slot.gpus,
                 )
                 result = run_job(job, executor, slot.name, self.on_phase)
                 self.job_overheads.append(time.monotonic() - start - result.steps_s)

@@ -145,7 +145,9 @@ class Workspace:
                 target.write_text(text)
         return sorted(writes)
 
-    def check(self, changed: list[str], base_commit: str | None = None) -> None:
+    def check(
+        self, changed: list[str], base_commit: str | None = None, tasks: dict[str, str] | None = None
+    ) -> None:
         """Changed Python compiles; changed experiment configs keep the base's task sections.
 
         Model code may import anything, the judge included: the judge runs in a process of its own, from a
@@ -161,19 +163,20 @@ class Workspace:
                 except (SyntaxError, ValueError) as err:
                     raise ProposalRejected(f"{path} does not compile: {err}") from None
             elif path.endswith(".toml"):
-                self._check_toml(path, base_commit)
+                self._check_toml(path, base_commit, tasks or {})
 
-    def _check_toml(self, path: str, base_commit: str | None) -> None:
+    def _check_toml(self, path: str, base_commit: str | None, tasks: dict[str, str]) -> None:
         new = parse_toml(self.read(path), path, ProposalRejected)
         if base_commit is None or not path.startswith("experiments/"):
             return
-        # A new experiment is held to the task of its model kind's default experiment: the one it is
-        # judged on (a different canvas would cost a whole training before the judge refused it).
+        # A new experiment is held to the task its model kind is judged on this night (`tasks`, else the
+        # kind's default experiment): a different canvas would cost a whole training before the judge
+        # refused it.
         kind = str(new.get("model", {}).get("kind", "dit"))
         reference = path
         old = self._base_toml(base_commit, path)
         if old is None:
-            reference = default_experiment(kind)
+            reference = tasks.get(kind, default_experiment(kind))
             old = self._base_toml(base_commit, reference)
         for section in TASK_SECTIONS:
             if old is not None and new.get(section) != old.get(section):

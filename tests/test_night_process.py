@@ -6,6 +6,7 @@ tests/night_project.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -163,10 +164,48 @@ def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
         harness(*common, "--dataset", small_cache, "--agent", "oracle"), "unknown agent 'oracle'"
     )
     assert_one_line_error(harness(*common, "--dataset", small_cache, "--model-kind", "rnn"), "--model-kind")
+    for experiment, words in (
+        ("experiments/nope.toml", ["--experiment experiments/nope.toml", "no such file"]),
+        ("models/dit.py", ["under experiments/"]),
+    ):
+        assert_one_line_error(harness(*common, "--dataset", small_cache, "--experiment", experiment), *words)
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--experiment", EXPERIMENT, "--model-kind", "gpt"),
+        "trains a dit; --model-kind says gpt",
+    )
+    (root / "experiments/later.toml").write_text(BASE_CONFIG)
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--experiment", "experiments/later.toml", "--tag", "u"),
+        "experiments/later.toml is not committed",
+    )
+    assert not (root / "runs" / "u").exists()  # said before the night was created
     assert_one_line_error(harness("run", "--root", root, "--resume", "never"), "nothing to resume", "'never'")
     not_git = tmp_path / "plain"
     shutil.copytree(root / "models", not_git / "models")
     assert_one_line_error(harness("run", "--root", not_git, "--dataset", small_cache), "not a git repository")
+
+
+def test_a_night_on_another_experiment_trains_it_and_is_judged_on_its_task(small_cache: Path, tmp_path: Path):
+    """`--experiment experiments/small.toml` (16 px frames where experiments/dit.toml has 32): the baseline
+    trains it and the judge scores it on its canvas (on dit.toml's, it would refuse the checkpoint); runs
+    change it, and a change of its [canvas] is refused against it."""
+    root = make_project(tmp_path / "project")
+    small = "experiments/small.toml"
+    (root / small).write_text(BASE_CONFIG.replace("frame_width = 32", "frame_width = 16"))
+    commit_all(root, "a smaller canvas")
+    proposals = [
+        Proposal(hypothesis="lr halved", edits=[FileEdit(path=small, search="1e-30", replace="5e-31")]),
+        Proposal(hypothesis="wider frames", edits=[FileEdit(path=small, search="= 16", replace="= 24")]),
+    ]
+    settings = tiny_night(root, "x", small_cache, max_runs=3, experiment=small)
+    Night(settings, ReplayAgent(write_replay(tmp_path / "p.jsonl", proposals))).run()
+    paths = NightPaths(root, "x")
+    baseline, lower, wider = Ledger(paths).read()
+    assert NightInfo.read(paths).experiment == small
+    assert baseline.status == RunStatus.KEEP and baseline.metrics_val["mse"] > 0
+    assert json.loads((paths.run_dir("x-000") / "config.json").read_text())["canvas"]["frame_width"] == 16
+    assert lower.experiment == small and lower.status == RunStatus.DISCARD
+    assert wider.status == RunStatus.REJECTED and f"must stay as in {small}" in wider.reason
 
 
 def test_a_failing_baseline_ends_the_night_with_the_reason(small_cache: Path, tmp_path: Path):

@@ -17,8 +17,11 @@ import pytest
 from harness import reports
 from harness.agents.base import Proposal
 from harness.agents.replay import write_replay
+from harness.executor import Executor
 from harness.ledger import Ledger, NightActivity, NightInfo, PendingRun, RunStatus, Trial
 from harness.paths import NightPaths, run_id_for
+from harness.workers import gpu_shares
+from models.errors import WorldloopError
 from tests.helpers import wait_for
 from tests.night_project import (
     RESIDUAL,
@@ -157,3 +160,28 @@ def test_too_many_workers_for_the_cores_is_one_line_before_the_night_starts(
     assert proc.returncode == 1 and f"--workers {too_many} needs" in out
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1
     assert not (root / "runs" / "w").exists() and "harness/w" not in [h.name for h in git.Repo(root).heads]
+
+
+def test_local_workers_share_the_gpus_equally_and_a_run_sees_only_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """On a 4-GPU workstation (here its CUDA_VISIBLE_DEVICES), two local workers get two GPUs each, and the
+    subprocesses of a run see those alone; too few GPUs is one line naming the options."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert gpu_shares(2) == [["4", "5"], ["6", "7"]]
+    assert gpu_shares(2, gpus_per_run=1) == [["4"], ["5"]]
+    assert gpu_shares(3, gpus_per_run=0) == [[], [], []]  # CPU runs
+    with pytest.raises(WorldloopError, match=r"--workers 5 needs 5 GPUs .*--gpus-per-run 0"):
+        gpu_shares(5)
+    with pytest.raises(WorldloopError, match="whole GPUs"):
+        gpu_shares(2, gpus_per_run=0.5)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_shares(2) == [None, None]  # no GPU: the runs see the environment as it is
+
+    (tmp_path / "probe.py").write_text(
+        "import os\nprint('sees', os.environ.get('CUDA_VISIBLE_DEVICES', 'all'))\n"
+    )
+    for gpus, seen in ((["6", "7"], "6,7"), ([], ""), (None, "")):
+        log = tmp_path / "probe.log"
+        result = Executor(tmp_path, tmp_path, gpus=gpus)._run("probe", ["probe"], log, timeout_s=120)
+        assert result.ok and log.read_text().split() == ["sees", *seen.split()], log.read_text()
