@@ -1,3 +1,6 @@
+"""`python -m harness`: the `harness` command."""
+
 from harness.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process re-imports the main module
+    main()
