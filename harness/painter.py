@@ -16,6 +16,7 @@ killed outright still gets the figures it asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
@@ -81,11 +82,15 @@ class Painter:
                 self._process.stdin.flush()
             except (BrokenPipeError, ValueError):  # the painter is gone (killed with the night)
                 return
-        self._process.stdin.close()
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()
 
     def _read(self) -> None:
         for line in self._process.stdout:
-            answer = json.loads(line)
+            try:
+                answer = json.loads(line)
+            except json.JSONDecodeError:  # not an answer (the painter's prints go to its log)
+                continue
             if answer.get("error"):
                 self.failures.append(f"{answer['what']}: {answer['error']}")
             if answer["kind"] == "progress":
@@ -112,7 +117,7 @@ class Painter:
             with self._lock:
                 if not self._progress_out:
                     break
-            if self._process.poll() is not None:
+            if self._process.poll() is not None or not self._reader.is_alive():
                 break
             time.sleep(0.05)
 
@@ -136,6 +141,7 @@ def draw(request: dict) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the process group: the night ends it
+    answers, sys.stdout = sys.stdout, sys.stderr  # what drawing prints goes to the log, not the answers
     for line in sys.stdin:
         request = json.loads(line)
         answer = {"kind": request["kind"], "what": described(request)}
@@ -143,7 +149,7 @@ def main() -> None:
             draw(request)
         except Exception as err:  # a figure that cannot be drawn is said once; the night goes on
             answer["error"] = f"{type(err).__name__}: {err}"
-        print(json.dumps(answer), flush=True)
+        print(json.dumps(answer), file=answers, flush=True)
 
 
 if __name__ == "__main__":
