@@ -1,20 +1,22 @@
 """A simulated large night: the real loop at 8, 32 and 128 workers, its runs and agent only taking time.
 
     python -m benchmarks.large_night [--workers 8,32,128] [--latency 10-30,60-120] [--per-run 300]
-                                     [--runs 8] [--speedup 30]
+                                     [--runs 8] [--speedup N] [--backlogs 0,2,4,8]
 
 What is real: the night (harness/loop.py) with its scheduler, git commits on proposal bases, exported trees,
-pending.json, the ledger, every run's report with its figures and the summary after every run. What is
-simulated: the workers (a job takes its time and leaves the files of a real judged run of the tiny project,
-its val mse drawn from a seeded landscape over the learning rate, 1.5% noise per seed) and the agent (it
+pending.json, the ledger, every run's report and the summary with its progress plot (drawn by the night's
+painter process). What is simulated: the workers (a job takes its time and leaves the config and metrics of
+a real judged run of the tiny project, its val mse drawn from a seeded landscape over the learning rate,
+1.5% noise per seed; not the inputs of the run's figures, whose drawing is timed apart) and the agent (it
 answers after 10-120 s with a learning rate near the best's, as a person tuning it would). Simulated time
-runs `--speedup` times faster than the clock; the harness's own work does not, so relative to its runs the
-harness carries `--speedup` times the load of a real night: the utilization measured is a lower bound.
+runs N times faster than the clock (`speedup_for`); the harness's own work does not, so relative to its runs
+the harness carries N times the load of a real night: the utilization measured is a lower bound.
 
-Figures per night: worker utilization in the steady state (from the baseline's record to the last job
+Figures per night: worker utilization in the steady state (from the first candidate's job to the last job
 started; the baseline alone and the drain at the end are a fixed cost of a night, reported apart), the
 summary's utilization over the whole night, and the head's own CPU time per run (the thread that plans,
-commits, decides and writes every report).
+commits, decides and writes every report). Then the backlog: the same steady state at 8 workers with a slow
+agent, for backlogs 0 to N (harness.loop.default_backlog).
 """
 
 from __future__ import annotations
