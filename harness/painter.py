@@ -1,17 +1,18 @@
 """Figures drawn beside the night, not in it.
 
-matplotlib takes ~0.3-0.4 s a figure: ~1.2 s for a run's report (counterfactual grid, error heatmaps, loss
-curve) and ~0.3 s for the night's progress plot, all on the one thread that decides, commits and hands out
-jobs. With one worker that thread has nothing better to do; with many, every run finished waits behind the
-figures of the runs before it, and workers idle (benchmarks/large_night.py: 1.0 s of the head's CPU per run
-at 8 workers with the figures drawn in line, 0.1 s without). A painter is one process of its own,
-`python -m harness.painter`, started with the night, that draws what it is asked in order, one JSON line at
-a time on its stdin, and answers each on its stdout; the night goes on at once.
+matplotlib takes about 1 s of CPU for a run's figures (counterfactual grid, error heatmaps, loss curve, and
+the night's progress plot), all on the one thread that decides, commits and hands out jobs. With one worker
+that thread has nothing better to do; with many, every run finished waits behind the figures of the runs
+before it, and workers idle (benchmarks/large_night.py: 1.0 s of the head's CPU per run at 8 workers with
+the figures drawn in line, 0.1 s without). A painter is one process of its own, `python -m harness.painter`,
+started with the night, that draws what it is asked in order, one JSON line at a time on its stdin, and
+answers each on its stdout; the night goes on at once.
 
 A report's markdown names its figures before they are drawn (`reports.run_figures`). The night waits for its
 painter before its final summary, so a night that ends has every figure; a Ctrl-C drops those not yet drawn
 (`harness report <run-id>` draws a run's again). The painter reads to the end of its stdin, so a harness
-killed outright still gets the figures it asked for.
+killed alone still gets the figures it had sent; one killed with its process group takes the painter along,
+and `--resume` draws what is missing.
 """
 
 from __future__ import annotations
