@@ -280,8 +280,8 @@ def run_figures(record: RunRecord, paths: NightPaths) -> dict[str, Path]:
     return {kind: paths.figure(record.run_id, kind) for kind in kinds}
 
 
-def draw_run_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> None:
-    """Draw a run's PNGs (`run_figures`): here, or in a night's painter process (harness/painter.py)."""
+def draw_run_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | None) -> dict[str, Path]:
+    """Draw a run's PNGs (`run_figures`, returned): here, or in a night's painter (harness/painter.py)."""
     from harness import plots  # matplotlib loads only where a figure is drawn, not for `harness --help`
 
     run_dir = paths.run_dir(record.run_id)
@@ -297,6 +297,7 @@ def draw_run_figures(record: RunRecord, paths: NightPaths, parent: RunRecord | N
         if parent is not None:
             curves.append((f"{parent.run_id} (parent)", paths.run_dir(parent.run_id) / TRAIN_LOG))
         plots.loss_curve(curves, figures["loss"])
+    return figures
 
 
 def parent_of(record: RunRecord, records: list[RunRecord]) -> RunRecord | None:
@@ -312,8 +313,7 @@ def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], dra
         references.append((f"parent {parent.run_id}", parent))
     if best is not None and best is not parent:
         references.append((f"best before {best.run_id}", best))
-    if draw:
-        draw_run_figures(record, paths, parent)
+    figures = draw_run_figures(record, paths, parent) if draw else run_figures(record, paths)
     run_dir = paths.run_dir(record.run_id)
     diff_lines = (
         (run_dir / PROPOSAL_DIFF).read_text().splitlines() if (run_dir / PROPOSAL_DIFF).exists() else []
@@ -324,7 +324,7 @@ def run_view(paths: NightPaths, record: RunRecord, records: list[RunRecord], dra
         parent=parent,
         best=best if best is not parent else None,
         train=_read_json(run_dir / TRAIN_METRICS),
-        figures={kind: path.name for kind, path in run_figures(record, paths).items()},
+        figures={kind: path.name for kind, path in figures.items()},
         diff="\n".join(diff_lines[:DIFF_LIMIT]),
         diff_truncated=len(diff_lines) > DIFF_LIMIT,
         rows=_metric_rows(record.metrics_val, [r.metrics_val for _, r in references], record.noise),
