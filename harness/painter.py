@@ -1,9 +1,10 @@
 """Figures drawn beside the night, not in it.
 
-matplotlib takes about 1 s of CPU for a run's figures (counterfactual grid, error heatmaps, loss curve, and
-the night's progress plot), all on the one thread that decides, commits and hands out jobs. With one worker
-that thread has nothing better to do; with many, every run finished waits behind the figures of the runs
-before it, and workers idle (benchmarks/large_night.py: 1.0 s of the head's CPU per run at 8 workers with
+A run's figures take about 0.6 s of CPU (counterfactual grid and error heatmaps ~0.09 s each, drawn in pixels
+by harness/picture.py; the loss curve and the night's progress plot ~0.2 s each in matplotlib; all four were
+matplotlib figures and took 1.0 s), on the one thread that decides, commits and hands out jobs. With one
+worker that thread has nothing better to do; with many, every run finished waits behind the figures of the
+runs before it, and workers idle (benchmarks/large_night.py: 1.0 s of the head's CPU per run at 8 workers with
 the figures drawn in line, 0.1 s without). A painter is one process of its own, `python -m harness.painter`,
 started with the night, that draws what it is asked in order, one JSON line at a time on its stdin, and
 answers each on its stdout; the night goes on at once.

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness.picture import BLACK, WHITE, Picture, line_height, rgb  # noqa: E402
 from models.canvas import CanvasConfig  # noqa: E402
 from models.files import replacing  # noqa: E402
 
@@ -19,34 +20,14 @@ def canvas_grid(
     canvases: np.ndarray, titles: list[str], config: CanvasConfig, out: Path, columns: int = 4
 ) -> Path:
     """Save canvases as a titled grid, pixels shown as squares, with the target step outlined."""
-    n = len(canvases)
-    columns = min(columns, n)
-    rows = -(-n // columns)
     layout = config.layout
-    cell_width = 2.4  # inches; the 150 dpi output shows a 64 px frame about 5x enlarged
-    fig_w = columns * cell_width + 0.2
-    fig_h = rows * (cell_width * layout.height / layout.width + 0.3) + 0.4
-    fig, axes = plt.subplots(rows, columns, figsize=(fig_w, fig_h), squeeze=False)
     target = layout.target_columns
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, canvas, title in zip(axes.ravel(), canvases, titles, strict=False):
-        ax.imshow(canvas, interpolation="nearest")
-        ax.add_patch(
-            plt.Rectangle(
-                (target.start - 0.5, -0.5),
-                target.stop - target.start,
-                layout.strip_rows.start,
-                fill=False,
-                edgecolor="white",
-                linewidth=0.8,
-                linestyle="--",
-            )
-        )
-        ax.set_title(title, fontsize=7)
-    fig.suptitle("canvases: context | action separator | target (dashed)", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, out)
+    outline = (target.start, 0, target.stop - target.start, layout.strip_rows.start)
+    cells = [_Cell(canvas, title, outline=outline) for canvas, title in zip(canvases, titles, strict=True)]
+    columns = min(columns, len(cells))
+    rows = [cells[i : i + columns] for i in range(0, len(cells), columns)]
+    title = "canvases: context | action separator | target (dashed)"
+    return _grid_picture(title, rows, scale=_enlarged(layout.width, CANVAS_PX)).save(out)
 
 
 def save_figure(fig: plt.Figure, out: Path, dpi: int = 150) -> Path:
@@ -58,25 +39,79 @@ def save_figure(fig: plt.Figure, out: Path, dpi: int = 150) -> Path:
     return out
 
 
+# ------------------------------------------------------------------------------------------ image grids
+
+
+@dataclass
+class _Cell:
+    """One picture of a grid figure: an RGB image, its title, a frame color (the true action's) and a dashed
+    outline (x, y, width, height in the image's pixels: a canvas's target)."""
+
+    image: np.ndarray
+    title: str = ""
+    frame: np.ndarray | None = None  # RGB in [0, 1]
+    outline: tuple[int, int, int, int] | None = None
+
+
+CELL_PX = 126
+"""About how wide a frame of a run's figures is drawn, in pixels (1.15 in at 110 dpi, a 64 px frame 2x)."""
+CANVAS_PX = 360  # about how wide `harness data show` draws a whole canvas
+GAP_PX = 8  # between two cells, and under the bottom row
+FRAME_PX = 3  # a frame's width, in the gap around its cell
+TEXT_PT = 7  # cell titles and row labels; the figure's title is one point larger
+BAR_TICKS = 6  # labelled ticks of the heatmaps' color bar, 0 to ERROR_VMAX
+BAR_PX = 64  # room right of the heatmaps for their color bar and its labels
+
+
+def _enlarged(width: int, about_px: int) -> int:
+    """The whole-number enlargement that draws `width` pixels about `about_px` wide: each pixel of an image
+    stays a sharp square."""
+    return max(1, round(about_px / width))
+
+
+def _grid_picture(
+    title: str,
+    rows: list[list[_Cell]],
+    scale: int,
+    labels: list[tuple[str, str]] | None = None,
+    right_px: int = 0,
+) -> Picture:
+    """Rows of image cells (each enlarged `scale` times) drawn as one picture: titles above the cells,
+    `labels` (text, color) left of the rows, `right_px` left free on the right (a color bar)."""
+    height = max(cell.image.shape[0] for row in rows for cell in row) * scale
+    widths = [max(row[c].image.shape[1] for row in rows if c < len(row)) * scale for c in range(len(rows[0]))]
+    line = line_height(TEXT_PT)
+    left = 2 * line + GAP_PX if labels else GAP_PX
+    top = line_height(TEXT_PT + 1) + GAP_PX
+    title_room = GAP_PX + 2 * line + FRAME_PX + 2  # below the row above: a gap, two lines, a frame
+    row_h = title_room + height
+    picture = Picture(left + sum(w + GAP_PX for w in widths) + right_px, top + len(rows) * row_h + GAP_PX)
+    picture.text(title, picture.width // 2, GAP_PX // 2, size=TEXT_PT + 1, va="top")
+    for r, row in enumerate(rows):
+        y = top + r * row_h + title_room
+        x = left
+        for cell, width in zip(row, widths, strict=False):
+            picture.paste(cell.image, x, y, scale)
+            h, w = cell.image.shape[0] * scale, cell.image.shape[1] * scale
+            if cell.frame is not None:  # a frame around the cell, in the gap
+                picture.frame(x, y, w, h, rgb(cell.frame), FRAME_PX)
+            if cell.outline is not None:
+                ox, oy, ow, oh = (v * scale for v in cell.outline)
+                picture.dashed_frame(x + ox, y + oy, ow, oh, WHITE)
+            if cell.title:
+                picture.text(cell.title, x + w // 2, y - FRAME_PX - 1, size=TEXT_PT)
+            x += width + GAP_PX
+        if labels:
+            text, color = labels[r]
+            picture.text(text, left - GAP_PX, y + height // 2, TEXT_PT, rgb(color), "right", "center", True)
+    return picture
+
+
 # ------------------------------------------------------------------------------------------ run reports
 
 ERROR_VMAX = 0.25
 """Top of the error heatmaps' color scale (mean |error| over channels, [0, 1] pixels). Fixed, so heatmaps of
 different runs compare at a glance."""
-
-
-@dataclass
-class _Cell:
-    """One picture of a grid figure: an RGB image, its title, and a frame color (the true action's)."""
-
-    image: np.ndarray
-    title: str = ""
-    frame: np.ndarray | None = None  # RGB in [0, 1]
-
-
-GRID_GAP_PX = 3  # between two cells of a row, in the cells' own pixels (room for a frame)
-FRAME_PX = 1  # a frame's width, in the cells' own pixels (about 3 pt)
-TITLE_ROOM_IN = 0.42  # above each row of cells: two lines of 7 pt titles
 
 
 def _heat(error: np.ndarray) -> np.ndarray:
@@ -85,44 +120,15 @@ def _heat(error: np.ndarray) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def _grid_figure(
-    title: str, rows: list[list[_Cell]], labels: list[tuple[str, str]], cell_in: float, right_in: float
-) -> plt.Figure:
-    """Rows of image cells drawn as one picture (one imshow, not one axes per cell: axes were most of a
-    report's drawing time), titles above the cells, `labels` (text, color) left of the rows. The second cell
-    of a row (a frame) is `cell_in` inches wide; `right_in` is left free on the right (a color bar)."""
-    height = rows[0][0].image.shape[0]
-    widths = [cell.image.shape[1] for cell in rows[0]]
-    px_in = cell_in / widths[1 if len(widths) > 1 else 0]  # inches per pixel
-    title_px = int(np.ceil(TITLE_ROOM_IN / px_in))
-    grid_w = sum(widths) + GRID_GAP_PX * (len(widths) + 1)
-    grid_h = len(rows) * (height + title_px) + GRID_GAP_PX
-    mosaic = np.full((grid_h, grid_w, 3), 255, np.uint8)
-    left_in, top_in = 0.45, 0.3
-    fig = plt.figure(figsize=(left_in + grid_w * px_in + right_in, top_in + grid_h * px_in))
-    width_in, height_in = fig.get_size_inches()
-    ax = fig.add_axes((left_in / width_in, 0.0, grid_w * px_in / width_in, grid_h * px_in / height_in))
-    for r, row in enumerate(rows):
-        y = r * (height + title_px) + title_px
-        x = GRID_GAP_PX
-        for cell, width in zip(row, widths, strict=True):
-            mosaic[y : y + height, x : x + width] = cell.image
-            if cell.frame is not None:  # a frame around the cell, in the gap
-                b = FRAME_PX
-                color = (np.asarray(cell.frame) * 255).round().astype(np.uint8)
-                mosaic[y - b : y, x - b : x + width + b] = color
-                mosaic[y + height : y + height + b, x - b : x + width + b] = color
-                mosaic[y - b : y + height + b, x - b : x] = color
-                mosaic[y - b : y + height + b, x + width : x + width + b] = color
-            if cell.title:
-                ax.text(x + width / 2, y - FRAME_PX - 0.5, cell.title, ha="center", va="bottom", fontsize=7)
-            x += width + GRID_GAP_PX
-        text, color = labels[r]
-        ax.text(-2, y + height / 2, text, ha="right", va="center", rotation=90, fontsize=7, color=color)
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_axis_off()
-    fig.suptitle(title, fontsize=8, y=1 - 0.06 / height_in, va="top")
-    return fig
+def _color_bar(picture: Picture, x: int, y: int, height: int, width: int = 12) -> None:
+    """The heatmaps' scale: inferno from 0 (bottom) to ERROR_VMAX (top), labelled ticks on its right."""
+    ramp = _heat(np.linspace(ERROR_VMAX, 0.0, height)[:, None].repeat(width, axis=1))
+    picture.paste(ramp, x, y)
+    picture.frame(x, y, width, height, BLACK, 1)
+    for value in np.linspace(0.0, ERROR_VMAX, BAR_TICKS):
+        ty = y + int(round((1 - value / ERROR_VMAX) * (height - 1)))
+        picture.fill(x + width, ty, 4, 1, BLACK)
+        picture.text(f"{value:.2f}", x + width + 6, ty, size=TEXT_PT - 1, ha="left", va="center")
 
 
 def _row_label(examples: dict[str, np.ndarray], row: int, split: str) -> tuple[str, str]:
@@ -175,7 +181,7 @@ def counterfactual_grid(
         grid.append(cells)
     labels = [_row_label(examples, r, split) for r in range(rows)]
     title = "what the model predicts under each action (framed: the action really taken)"
-    return save_figure(_grid_figure(title, grid, labels, cell_in=1.15, right_in=0.1), out, dpi=110)
+    return _grid_picture(title, grid, _enlarged(config.frame_width, CELL_PX), labels).save(out)
 
 
 def error_heatmaps(
@@ -207,11 +213,10 @@ def error_heatmaps(
         )
     labels = [_row_label(examples, r, split) for r in range(rows)]
     title = "per-pixel error under the true action, beside the copy-last-frame baseline"
-    fig = _grid_figure(title, grid, labels, cell_in=1.15, right_in=0.9)
-    bar = fig.add_axes((0.92, 0.3, 0.015, 0.4))
-    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, ERROR_VMAX), "inferno")
-    fig.colorbar(scale, cax=bar).ax.tick_params(labelsize=6)
-    return save_figure(fig, out, dpi=110)
+    picture = _grid_picture(title, grid, _enlarged(config.frame_width, CELL_PX), labels, right_px=BAR_PX)
+    bar_h = picture.height * 2 // 5
+    _color_bar(picture, picture.width - BAR_PX + GAP_PX, (picture.height - bar_h) // 2, bar_h)
+    return picture.save(out)
 
 
 def read_train_log(path: Path) -> tuple[np.ndarray, np.ndarray]:

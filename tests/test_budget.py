@@ -113,7 +113,9 @@ def test_a_training_deaf_to_sigxcpu_is_killed_a_margin_later(
     executor = Executor(burner, tmp_path, cores=ONE_CORE)
     result = executor._run("training", ["burn", "deaf"], tmp_path / "b.log", timeout_s=300.0, cpu_limit_s=1.0)
     assert result.status == RunStatus.CRASH and result.reason.startswith(CPU_LIMIT_REASON), result.reason
-    assert result.cpu_s is not None and 1.9 < result.cpu_s < 2.5  # SIGKILL at the hard limit: soft + margin
+    # SIGKILL at the hard limit (soft + margin = 2 s), not at the soft one; rusage reads up to ~0.15 s under
+    # the limit the kernel enforced (seen: 1.88 s on a loaded machine), as in the test above
+    assert result.cpu_s is not None and 1.6 < result.cpu_s < 2.5
 
 
 def test_an_edited_loop_that_ignores_its_budget_is_stopped_by_the_harness(
