@@ -175,6 +175,7 @@ class NightSettings:
     backlog: int | None = None
     executor: str = "local"
     address: str | None = None  # the Ray cluster's (executor "ray"); None starts a local one
+    storage: Path | None = None  # a filesystem every Ray node shares: trial directories travel through it
     gpus_per_run: float | None = None  # each run's GPUs (default: local workers share the machine's equally)
     experiment: str | None = None  # `--experiment`: the one kind's config in place of experiments/<kind>.toml
 
@@ -410,7 +411,14 @@ class Night:
             from harness.ray_workers import RayWorkers
 
             return RayWorkers(
-                s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run or 0.0, s.address, self._on_phase
+                s.dataset,
+                judge,
+                s.workers,
+                s.cpus_per_run,
+                s.gpus_per_run or 0.0,
+                s.address,
+                self._on_phase,
+                storage=s.storage,
             )
         return LocalWorkers(
             s.dataset, judge, s.workers, s.cpus_per_run, s.gpus_per_run, on_phase=self._on_phase

@@ -6,8 +6,18 @@ pinned judge (tar archives, put in Ray's object store once per run and once per 
 directory it judges; it runs in a temporary directory on its worker with the same code a local worker
 runs (harness/workers.run_job), and its run directory comes back as a tar that the head unpacks into
 `runs/<tag>/<run-id>/`. No shared filesystem is assumed, but the dataset must be at the same path on every
-node (copy it there, or put it on shared storage). A worker process or node that dies mid-job: Ray runs the
-job once more (`max_retries=1`, on another worker where it can); if that dies too, the job comes back `lost`.
+node (copy it there, or put it on shared storage).
+
+`--storage DIR` names a filesystem every node mounts at the same path (NFS, a cluster's scratch): trial
+directories then travel through it instead of the object store (a 224 px run's weights are hundreds of MB,
+which the object store would hold in memory on the head). The night gets a directory of its own there
+(`worldloop-<id>/`), checks at start that every node sees it, gives each job a directory in it that the
+worker trains or judges in place, copies the job's directory into `runs/<tag>/<run-id>/` when it ends and
+removes it; the night's directory goes when the night ends.
+
+A worker process or node that dies mid-job: Ray runs the job once more (`max_retries=1`, on another worker
+where it can; a training starts again from an empty directory); if that dies too, the job comes back
+`lost`.
 
 Ray is an optional extra (`pip install 'worldloop[ray]'`); only this module imports it.
 """
@@ -15,11 +25,14 @@ Ray is an optional extra (`pip install 'worldloop[ray]'`); only this module impo
 from __future__ import annotations
 
 import io
+import itertools
 import os
+import shutil
 import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +46,7 @@ from models.errors import WorldloopError
 try:
     import ray
     import ray.exceptions
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError:  # pragma: no cover - the message is the test
     raise WorldloopError(
         "--executor ray needs Ray: pip install 'worldloop[ray]' (or pip install 'ray[default]>=2.40')"
@@ -66,24 +80,69 @@ def task_name(job: Job) -> str:
 
 
 @ray.remote(max_retries=1)  # a dead worker process or node: once more; an exception in the job: never
-def _remote_job(job: Job, tree: bytes, judge: bytes, trial: bytes, dataset: str, threads: int) -> tuple:
-    """One job on a Ray worker, in a temporary directory: returns (JobResult, the trial directory's tar)."""
+def _remote_job(
+    job: Job, tree: bytes, judge: bytes, trial: bytes, dataset: str, threads: int, shared: str | None = None
+) -> tuple:
+    """One job on a Ray worker, in a temporary directory: returns (JobResult, the trial directory's tar).
+    With `shared` (a directory under --storage) the job works in it, and nothing comes back but the result."""
     with tempfile.TemporaryDirectory(prefix="worldloop-job-") as tmp:
         work = Path(tmp)
         tree_dir = extract_tree(tree, work / "tree")
         judge_dir = extract_tree(judge, work / "judge")
-        directory = work / "run"
-        unpack(trial, directory)
+        if shared is not None:
+            directory = Path(shared)
+            if job.train:  # Ray's retry after a dead worker starts from an empty directory, as the first try
+                shutil.rmtree(directory, ignore_errors=True)
+                directory.mkdir(parents=True)
+        else:
+            directory = work / "run"
+            unpack(trial, directory)
         gpus = [str(g) for g in ray.get_gpu_ids()] or None  # Ray's choice for this task (--gpus-per-run)
         executor = Executor(tree_dir, Path(dataset), judge_root=judge_dir, threads=threads, gpus=gpus)
         worker = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         result = run_job(replace(job, directory=directory), executor, worker)
-        return result, pack(directory)
+        return result, b"" if shared is not None else pack(directory)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _sees(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def shared_directory(storage: Path) -> Path:
+    """A directory of the night's own under `storage`, that every live node of the cluster sees (a probe
+    task pinned to each node looks for a file the head wrote): else one line naming the nodes that do not."""
+    storage = Path(storage).resolve()
+    if not storage.is_dir():
+        raise WorldloopError(f"--storage {storage}: no such directory")
+    exchange = storage / f"worldloop-{uuid.uuid4().hex[:12]}"
+    try:
+        exchange.mkdir()
+        (exchange / "probe").write_text("seen\n")
+    except OSError as err:
+        raise WorldloopError(f"--storage {storage}: cannot write there ({err.strerror})") from None
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    probes = [
+        _sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+            str(exchange / "probe")
+        )
+        for node in nodes
+    ]
+    blind = [
+        node["NodeManagerAddress"] for node, seen in zip(nodes, ray.get(probes), strict=True) if not seen
+    ]
+    if blind:
+        shutil.rmtree(exchange, ignore_errors=True)
+        raise WorldloopError(
+            f"--storage {storage}: not seen from the Ray node(s) {', '.join(blind)}; name a filesystem that "
+            "every node mounts at that same path"
+        )
+    return exchange
 
 
 class RayWorkers:
     """`count` jobs at once on a Ray cluster: the one at `address` (auto, or ray://host:port), or a local
-    one started here (and stopped with the night)."""
+    one started here (and stopped with the night); trial directories through `storage` when it is given."""
 
     name = "ray"
 
@@ -96,6 +155,7 @@ class RayWorkers:
         gpus_per_run: float = 0.0,
         address: str | None = None,
         on_phase: PhaseCallback | None = None,
+        storage: Path | None = None,
     ) -> None:
         self.dataset = Path(dataset).resolve()
         self.count = count
@@ -118,6 +178,13 @@ class RayWorkers:
                     else "; a cluster with token auth needs RAY_AUTH_MODE=token"
                 )
                 raise WorldloopError(f"--address {address}: no Ray cluster there ({err}){auth}") from None
+        try:
+            self.shared = shared_directory(storage) if storage is not None else None
+        except WorldloopError:
+            if self._started_here:
+                ray.shutdown()
+            raise
+        self._serial = itertools.count()
         self._judge = ray.put(pack(judge_root))
         self._trees: dict[Path, ray.ObjectRef] = {}
         self._refs: set[ray.ObjectRef] = set()
@@ -134,7 +201,8 @@ class RayWorkers:
         resources = ray.cluster_resources()
         where = f"{int(resources.get('CPU', 0))} CPUs, {resources.get('GPU', 0):g} GPUs in the cluster"
         per_run = f"{self.cpus} CPU{'s' * (self.cpus > 1)}" + (f", {self.gpus:g} GPU" if self.gpus else "")
-        return f"{self.count} Ray workers ({per_run} each; {where})"
+        through = f"; runs travel through {self.shared.parent}" if self.shared is not None else ""
+        return f"{self.count} Ray workers ({per_run} each; {where}{through})"
 
     def submit(self, job: Job, tree: Path) -> Future[JobResult]:
         with self._lock:
@@ -142,20 +210,31 @@ class RayWorkers:
             if tree not in self._trees:
                 self._trees[tree] = ray.put(pack(tree))
             tree_ref = self._trees[tree]
-        trial = pack(job.directory) if not job.train else b""
+            serial = next(self._serial)
+        shared = None
+        if self.shared is not None:  # the trial's directory, where the worker writes it
+            shared = self.shared / f"{job.run_id}-{serial}"
+            if job.train:
+                shared.mkdir()
+            else:
+                shutil.copytree(job.directory, shared)
+        trial = pack(job.directory) if not job.train and shared is None else b""
         ref = _remote_job.options(num_cpus=self.cpus, num_gpus=self.gpus, name=task_name(job)).remote(
-            job, tree_ref, self._judge, trial, str(self.dataset), self.cpus
+            job, tree_ref, self._judge, trial, str(self.dataset), self.cpus, str(shared) if shared else None
         )
         with self._lock:
             self._refs.add(ref)
         if self.on_phase is not None:
             self.on_phase(job.run_id, job.label)
-        return self._pool.submit(self._collect, job, ref, time.monotonic())
+        return self._pool.submit(self._collect, job, ref, time.monotonic(), shared)
 
-    def _collect(self, job: Job, ref: ray.ObjectRef, submitted: float) -> JobResult:
+    def _collect(self, job: Job, ref: ray.ObjectRef, submitted: float, shared: Path | None) -> JobResult:
         try:
             result, archive = ray.get(ref)
-            unpack(archive, job.directory)
+            if shared is not None:
+                shutil.copytree(shared, job.directory, dirs_exist_ok=True)
+            else:
+                unpack(archive, job.directory)
             self.job_overheads.append(time.monotonic() - submitted - result.steps_s)
             return result
         except ray.exceptions.RayTaskError as err:  # our code failed on the worker: a crash, with its cause
@@ -164,6 +243,8 @@ class RayWorkers:
         except ray.exceptions.RayError as err:  # its worker or node died twice, or the cluster went away
             return JobResult("ray", lost=f"{type(err).__name__}: {str(err).strip().splitlines()[0]}")
         finally:
+            if shared is not None:
+                shutil.rmtree(shared, ignore_errors=True)
             with self._lock:
                 self._running -= 1
                 self._refs.discard(ref)
@@ -180,5 +261,7 @@ class RayWorkers:
             for ref in refs:
                 ray.cancel(ref, force=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.shared is not None:
+            shutil.rmtree(self.shared, ignore_errors=True)
         if self._started_here:
             ray.shutdown()

@@ -17,6 +17,11 @@ from models.errors import WorldloopError
 
 REPLAY_OPTION = typer.Option(None, "--replay", help="proposals file for --agent replay")
 DATASET_OPTION = typer.Option(Path("data/sim"), "--dataset", help="LeRobot v3.0 dataset to train on")
+STORAGE_OPTION = typer.Option(
+    None,
+    "--storage",
+    help="a directory every Ray node mounts at the same path: runs travel through it, not the object store",
+)
 ROOT_OPTION = typer.Option(
     Path("."), "--root", help="the project: a git repository with models/, experiments/"
 )
@@ -105,6 +110,7 @@ def run(
     address: str = typer.Option(
         None, "--address", help="the Ray cluster: auto, or ray://host:port (default: start a local one)"
     ),
+    storage: Path = STORAGE_OPTION,
     backlog: int = typer.Option(
         None, "--backlog", help="proposals asked for ahead of a free worker (default: 0 for one worker, N/2)"
     ),
@@ -120,14 +126,17 @@ def run(
         raise WorldloopError(f"--backlog must be 0 or more, got {backlog}")
     if cpus_per_run is not None and cpus_per_run < 1:
         raise WorldloopError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
-    if executor == "local" and address:
-        raise WorldloopError("--address is for --executor ray")
+    if executor == "local" and (address or storage):
+        raise WorldloopError(f"{'--address' if address else '--storage'} is for --executor ray")
+    if storage is not None and not storage.is_dir():
+        raise WorldloopError(f"--storage {storage}: no such directory")
     scale = dict(
         workers=workers,
         executor=executor,
         cpus_per_run=cpus_per_run,
         gpus_per_run=gpus_per_run,
         address=address,
+        storage=storage.resolve() if storage is not None else None,
         backlog=backlog,
     )
     if resume:

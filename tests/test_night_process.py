@@ -35,6 +35,7 @@ from tests.night_project import (
     run_harness,
     tiny_night,
 )
+from tests.test_parallel import ALL_CORES
 
 
 def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_twice(
@@ -164,6 +165,13 @@ def test_run_cli_errors_are_one_line(small_cache: Path, tmp_path: Path):
         harness(*common, "--dataset", small_cache, "--agent", "oracle"), "unknown agent 'oracle'"
     )
     assert_one_line_error(harness(*common, "--dataset", small_cache, "--model-kind", "rnn"), "--model-kind")
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--storage", tmp_path), "--storage is for --executor ray"
+    )
+    assert_one_line_error(
+        harness(*common, "--dataset", small_cache, "--executor", "ray", "--storage", tmp_path / "nfs"),
+        f"--storage {tmp_path / 'nfs'}: no such directory",
+    )
     for experiment, words in (
         ("experiments/nope.toml", ["--experiment experiments/nope.toml", "no such file"]),
         ("models/dit.py", ["under experiments/"]),
@@ -221,14 +229,18 @@ def test_a_failing_baseline_ends_the_night_with_the_reason(small_cache: Path, tm
     assert "did not produce an evaluation" in (root / "reports/summary.md").read_text()
 
 
-def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: Path):
+def test_ctrl_c_with_two_runs_in_flight_ends_them_and_leaves_the_ledger_whole(
+    small_cache: Path, tmp_path: Path
+):
+    """Ctrl-C while both workers train (the baseline's two seeds): both trainings end, nothing half-decided
+    reaches the ledger, and the night says how to continue (one worker takes the same path: it is the
+    same workers' cancel, with one job in flight)."""
     root = make_project(tmp_path / "project")
     replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[KEEP - 1]])
     args = replay_night_args(root, "c", replay, small_cache, per_run="30s")
     paths = NightPaths(root, "c")
-    proc = run_harness(*args)
-    wait_for(lambda: paths.current.exists() and '"phase": "train"' in paths.current.read_text())
-    wait_for(lambda: processes_using(paths.run_dir("c-000")))  # the training, writing its log
+    proc = run_harness(*args, "--baseline-seeds", "2", "--workers", "2", cores=ALL_CORES)
+    wait_for(lambda: len(processes_using(paths.run_dir("c-000"))) == 2)  # both trainings, writing their logs
     proc.send_signal(signal.SIGINT)  # the harness only, as a terminal's Ctrl-C reaches it
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -236,7 +248,7 @@ def test_ctrl_c_ends_cleanly_and_the_night_resumes(small_cache: Path, tmp_path: 
     info = NightInfo.read(paths)
     assert info.end_reason == "interrupted (Ctrl-C)" and info.finished_at is None
     assert Ledger(paths).read() == [] and not paths.current.exists()
-    assert processes_using(paths.run_dir("c-000")) == []  # the training it had started is gone
+    assert processes_using(paths.run_dir("c-000")) == []  # the trainings it had started are gone
 
 
 class Failing(Agent):

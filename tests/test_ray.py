@@ -147,3 +147,33 @@ def test_a_two_worker_night_on_ray_decides_in_finish_order_and_loses_a_run_whose
     assert (paths.run_dir(kept.run_id) / "eval_test.json").exists()
     assert "2 ray workers" in paths.summary.read_text()
     assert not job_processes()  # nothing left running on the cluster
+
+
+def test_with_storage_a_run_travels_through_the_shared_directory(
+    ray_cluster: str, small_cache: Path, tmp_path: Path
+):
+    """`--storage`: the worker writes the trial directory in the night's directory there while the job runs
+    (nothing is tarred through the object store), it comes back to runs/<tag>/<run-id>/, and the night
+    leaves nothing in the storage."""
+    root = make_project(tmp_path / "project")
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    replay = write_replay(tmp_path / "none.jsonl", [])
+    proc = run_harness(
+        *replay_night_args(root, "s", replay, small_cache, per_run="1s"),
+        *("--max-runs", "1", "--executor", "ray", "--address", ray_cluster, "--storage", str(storage)),
+        env=TOKEN_AUTH,
+        cores=ALL_CORES,
+    )
+    in_storage = lambda: list(storage.glob("worldloop-*/s-000-*/train_log.csv"))  # noqa: E731
+    wait_for(lambda: in_storage() or proc.poll() is not None)
+    assert in_storage(), "the training never wrote into the storage"  # it trains there, as it goes
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert f"runstravelthrough{storage}" in "".join(out.split())  # rich wraps the line at its width
+    (record,) = Ledger(NightPaths(root, "s")).read()
+    run_dir = NightPaths(root, "s").run_dir(record.run_id)
+    assert record.status == RunStatus.KEEP and record.metrics_val["mse"] > 0
+    for name in ("train_log.csv", "model.safetensors", "eval_val.json", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    assert list(storage.iterdir()) == []
