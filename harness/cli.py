@@ -21,6 +21,7 @@ app.command()(run_cli.run)
 app.command()(review_cli.report)
 app.command()(review_cli.summary)
 app.command()(review_cli.status)
+app.command()(review_cli.steer)
 app.command(name="promote")(promote_cli.promote_command)
 
 

@@ -12,9 +12,9 @@ import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.durable import append_line, atomic_write_text
 from harness.judge import GUARD_METRIC, PRIMARY_METRIC, Metrics, NoiseFloor, noise_floor, value
@@ -106,6 +106,30 @@ class Trial(BaseModel):
         return value(self.metrics_val, PRIMARY_METRIC) if self.ok else None
 
 
+MemorySection = Literal["principle", "dead end", "question"]
+
+
+class MemoryEdit(BaseModel):
+    """An agent's edit of the night's research memory (harness/memory.py), sent with a proposal and kept in
+    its run's record: `add` a note to a `section`, or `forget` an earlier note by its id ("N3")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: str | None = None
+    section: MemorySection = "principle"
+    forget: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MemoryEdit:
+        if (self.add is None) == (self.forget is None):
+            raise ValueError(
+                "a memory edit is exactly one of: add (a note, in its section) or forget (an id)"
+            )
+        if self.add is not None and not self.add.strip():
+            raise ValueError("a memory note must not be empty")
+        return self
+
+
 class RunRecord(BaseModel):
     """One experiment of the night, as the ledger keeps it."""
 
@@ -130,6 +154,10 @@ class RunRecord(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     tokens: TokenUse = Field(default_factory=TokenUse)
     agent_meta: dict[str, Any] = Field(default_factory=dict)  # what the agent wants back (e.g. its params)
+    memory: list[MemoryEdit] = Field(default_factory=list)  # the agent's edits of the research memory
+    steering: list[str] = Field(
+        default_factory=list
+    )  # what its prompt showed: notes S1.., GUIDANCE.md@version
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)

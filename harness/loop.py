@@ -55,10 +55,12 @@ from harness.ledger import (
     night_noise,
     now,
 )
+from harness.memory import NOTE_CHARS, MemoryBuilder
 from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
 from harness.secrets import RedactingStream
+from harness.steering import Steering, steering_for
 from harness.trees import export_tree
 from harness.workers import (
     Job,
@@ -203,9 +205,11 @@ class PromptState:
     best: RunRecord | None
     baseline: RunRecord | None
     board: list[RunRecord]
-    tried: list[RunRecord]
+    memory: str  # the research memory, bounded (harness/memory.py)
     feedback: list[str]
     noise: NoiseFloor
+    steering: Steering  # the researcher's guidance and notes (harness/steering.py)
+    note_chars: int = NOTE_CHARS  # the most an agent's memory note may hold
     in_flight: list[tuple[str, str]] = field(default_factory=list)  # (run id, hypothesis) not judged yet
 
     @property
@@ -248,6 +252,7 @@ class Flight:
     proposal_tree: Path | None = None  # the best commit's files, which the agent reads while it proposes
     # (shared with the other proposals on the same commit: agents read it, never write it)
     pending: PendingRun | None = None  # set once committed (pending.json)
+    steering: list[str] = field(default_factory=list)  # the researcher's notes its prompt showed
     tree: Path | None = None  # its commit's files, where its jobs run
     queued: list[Job] = field(default_factory=list)  # jobs waiting for a worker
     running: int = 0  # jobs on workers
@@ -324,6 +329,7 @@ class Night:
         self._lock = threading.Lock()  # current.json and the phases: written by worker threads and this one
         self._status = None  # the live line of a terminal
         self.painter: Painter | None = None  # draws the figures of a night of several workers
+        self.memory = MemoryBuilder(self.paths)  # the research memory every prompt shows
         self._base_trees: dict[str, tuple[Path, int]] = {}  # commit: its tree, the proposals reading it
         self._summary_at = -SUMMARY_EVERY_S  # when the summary was last rewritten (monotonic)
 
@@ -600,6 +606,7 @@ class Night:
                 hypothesis="(no proposal)",
                 tokens=err.tokens,  # a failed proposal still cost what it cost
                 agent_meta=err.meta,
+                steering=flight.steering,
                 started_at=run.started_at,
             )
             self._record(
@@ -628,6 +635,8 @@ class Night:
             experiment=experiment,
             tokens=proposal.tokens,
             agent_meta=proposal.meta,
+            memory=proposal.memory,
+            steering=flight.steering,
             started_at=run.started_at,
         )
         self._phase(flight, "validate")
@@ -1073,6 +1082,8 @@ class Night:
             reports.feedback(self.paths, r, records, root=self.paths.root) for r in records[-FEEDBACK_RUNS:]
         ]
         in_flight = [f for f in self.flights.values() if f is not flight and f.hypothesis]
+        steering = steering_for(self.paths)
+        flight.steering = steering.seen
         state = PromptState(
             tag=self.settings.tag,
             index=run.index,
@@ -1084,7 +1095,8 @@ class Night:
             best=best,
             baseline=baseline,
             board=leaderboard(records, top=10),
-            tried=records,
+            memory=self.memory.write(records),
+            steering=steering,
             feedback=feedback,
             noise=night_noise(records),
             in_flight=[(f.run_id, f.hypothesis) for f in in_flight],

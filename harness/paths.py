@@ -4,6 +4,8 @@ runs/<tag>/ledger.jsonl        one RunRecord per line (harness/ledger.py)
 runs/<tag>/results.tsv         the same, in the autoresearch format
 runs/<tag>/night.json          the night's settings and budget (NightInfo)
 runs/<tag>/current.json        the runs in flight, their phases (NightActivity); removed at the night's end
+runs/<tag>/memory.md           the research memory the last prompt showed (harness/memory.py)
+runs/<tag>/steering.jsonl      the researcher's notes sent with `harness steer` (harness/steering.py)
 runs/<tag>/worktree/           the git worktree the harness commits proposals in (branch harness/<tag>)
 runs/<tag>/judge/              the pinned judge of the night's base commit
 runs/<tag>/trees/<run-id>/     a copy of a run's commit, where its jobs run (removed once it is recorded)
@@ -46,6 +48,14 @@ class NightPaths:
     @property
     def current(self) -> Path:
         return self.runs / "current.json"
+
+    @property
+    def memory(self) -> Path:
+        return self.runs / "memory.md"
+
+    @property
+    def steering(self) -> Path:
+        return self.runs / "steering.jsonl"
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs / run_id

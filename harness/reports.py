@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +53,7 @@ from harness.ledger import (
     now,
 )
 from harness.paths import NightPaths
+from harness.steering import SteeringNote, read_notes
 from models.config import read_config
 
 if TYPE_CHECKING:
@@ -399,6 +400,18 @@ def _compare(split: str, base: Metrics | None, best: Metrics | None, noise: Nois
 
 
 @dataclass
+class NoteFollowed:
+    """A researcher's note (`harness steer`) and the runs whose prompts showed it, in order."""
+
+    note: SteeringNote
+    runs: list[RunRecord]
+
+    @property
+    def kept(self) -> int:
+        return sum(1 for r in self.runs if r.status == RunStatus.KEEP)
+
+
+@dataclass
 class NightView:
     paths: NightPaths
     info: NightInfo | None
@@ -418,6 +431,7 @@ class NightView:
     failures: list[RunRecord]
     running: list[RunningState]  # the runs in flight, when the loop that wrote them is alive
     generated_at: datetime
+    steering: list[NoteFollowed] = field(default_factory=list)  # the researcher's notes and what followed
 
     @property
     def improved(self) -> bool:
@@ -514,6 +528,7 @@ def night_view(paths: NightPaths) -> NightView:
         failures=[r for r in records if r.status in FAILED],
         running=running,
         generated_at=now(),
+        steering=[NoteFollowed(n, [r for r in records if n.id in r.steering]) for n in read_notes(paths)],
     )
 
 

@@ -1,4 +1,5 @@
-"""`harness report`, `harness summary`, `harness status`: looking at a night, while it runs or after."""
+"""`harness report`, `harness summary`, `harness status`: looking at a night, while it runs or after; and
+`harness steer`: a note for its next proposals."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from harness import reports
 from harness.judge import PRIMARY_METRIC
-from harness.ledger import Ledger, LedgerError, RunRecord, find_run, leaderboard, now
+from harness.ledger import Ledger, LedgerError, NightInfo, RunRecord, find_run, leaderboard, now
 from harness.paths import RUNS_DIR, NightPaths, night_tags
 
 console = Console()
@@ -65,6 +66,27 @@ def summary(
     paths = night_paths(root, tag)
     path = reports.render_summary(paths)
     console.print(f"[green]wrote[/green] {path}")
+
+
+def steer(
+    note: str = typer.Argument(..., help="what the agent should know or try, in a sentence or two"),
+    tag: str | None = typer.Option(None, "--tag", help="the night (default: the latest)"),
+    root: Path = ROOT_OPTION,
+) -> None:
+    """Steer a night while it runs: the agent reads the note before its next proposal (GUIDANCE.md in the
+    project's root is read the same way, for guidance that stands)."""
+    from harness.steering import SteeringError, send_note
+
+    paths = night_paths(root, tag)
+    info = NightInfo.read(paths)
+    if info is not None and info.finished_at is not None:
+        raise SteeringError(
+            f"night {paths.tag} ended ({info.end_reason}): a note reaches a night that runs or is resumed"
+        )
+    sent = send_note(paths, note)
+    console.print(
+        f"[green]note {sent.id}[/green] for night {paths.tag}: the agent reads it before its next proposal"
+    )
 
 
 def status(

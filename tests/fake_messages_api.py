@@ -26,6 +26,7 @@ class ScriptedResponse:
     status: int = 200
     body: dict[str, Any] | str | bytes = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    gate: threading.Event | None = None  # when set: the answer waits until the test opens it (at most 60 s)
 
     def encoded(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -186,6 +187,8 @@ class FakeMessagesAPI:
                     parsed = None
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 reply = api._next(RecordedRequest(self.command, self.path, headers, body, parsed))
+                if reply.gate is not None:
+                    reply.gate.wait(timeout=60)
                 payload = reply.encoded()
                 self.send_response(reply.status)
                 sent = {k.lower() for k in reply.headers}

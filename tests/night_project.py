@@ -19,6 +19,7 @@ from pathlib import Path
 import git
 
 from harness.agents.base import FileEdit, Proposal
+from harness.ledger import MemoryEdit
 from harness.loop import NightSettings
 from tests.helpers import ROOT
 
@@ -161,10 +162,16 @@ SNAPSHOT_MARK = 'SNAPSHOT_MARK = "promoted-code"\n'
 MARKED = FileEdit(path="models/dit.py", search="import torch\n", replace="import torch\n\n" + SNAPSHOT_MARK)
 """A harmless mark in the confirmed keep's model code: its promoted checkpoint must load with its own code."""
 
+NOTE = "the last frame is the floor to beat"
+"""The agent's note to the research memory, sent with the confirmed keep's proposal."""
 PROPOSALS = [
     Proposal(hypothesis="residual, but odd seeds are ruined", edits=[RESIDUAL, RUIN]),
     Proposal(hypothesis="residual, but odd seeds crash", edits=[RESIDUAL, CRASH]),
-    Proposal(hypothesis="residual prediction starts at the copy baseline", edits=[RESIDUAL, MARKED]),
+    Proposal(
+        hypothesis="residual prediction starts at the copy baseline",
+        edits=[RESIDUAL, MARKED],
+        memory=[MemoryEdit(add=NOTE, section="principle")],
+    ),
     Proposal(
         hypothesis="no residual again (worse)", edits=[config_edit("residual = true", "residual = false")]
     ),

@@ -133,6 +133,7 @@ def test_one_full_iteration(tmp_path: Path, api: FakeMessagesAPI, canary: str) -
             {"path": "models/dit.py", "search": "depth = 1", "replace": "depth = 2"},
             {"path": "experiments/deep.toml", "content": '[model]\nkind = "dit"\ndepth = 2\n'},
         ],
+        "memory": [{"add": "one block underfits", "section": "question"}, {"forget": "N2"}],
     }
     good = tool_use_block("propose", good_input, "toolu_good")
     api.enqueue(
@@ -154,6 +155,10 @@ def test_one_full_iteration(tmp_path: Path, api: FakeMessagesAPI, canary: str) -
     assert [(e.path, e.search, e.replace, e.content) for e in proposal.edits] == [
         ("models/dit.py", "depth = 1", "depth = 2", None),
         ("experiments/deep.toml", None, None, '[model]\nkind = "dit"\ndepth = 2\n'),
+    ]
+    assert [(m.add, m.section, m.forget) for m in proposal.memory] == [
+        ("one block underfits", "question", None),
+        (None, "principle", "N2"),
     ]
     assert proposal.meta == {"model": DEFAULT_MODEL, "turns": 4}
     tokens = proposal.tokens

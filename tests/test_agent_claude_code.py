@@ -279,7 +279,9 @@ class FakeClaude:
         self.edit("models/dit.py", "depth = 1", "depth = 2")
         self.write("experiments/deep.toml", "[model]\ndepth = 2\n")
         answer = "**HYPOTHESIS:** Two blocks lower val mse.\nEXPERIMENT: experiments/deep.toml\n"
-        return {"result": answer + "The model underfits."}
+        memory = "MEMORY dead end: wider blocks did not help\n- **Memory (question):** does depth help?\n"
+        memory += "FORGET: N4\n"
+        return {"result": answer + memory + "The model underfits."}
 
     def session_escape(self) -> dict[str, Any]:
         """Read a secret outside, plant files outside, run a shell and a sub-agent; then do the job."""
@@ -521,6 +523,11 @@ def test_edits_from_the_cli_become_a_proposal(tmp_path: Path, fake_claude: Path)
     assert proposal.hypothesis == "Two blocks lower val mse."
     assert proposal.experiment == "experiments/deep.toml"
     assert proposal.rationale == "The model underfits."
+    assert [(m.add, m.section, m.forget) for m in proposal.memory] == [
+        ("wider blocks did not help", "dead end", None),
+        ("does depth help?", "question", None),
+        (None, "principle", "N4"),
+    ]
     assert [(e.path, e.content) for e in proposal.edits] == [
         ("experiments/deep.toml", "[model]\ndepth = 2\n"),
         ("models/dit.py", DIT.replace("depth = 1", "depth = 2")),
@@ -535,7 +542,7 @@ def test_edits_from_the_cli_become_a_proposal(tmp_path: Path, fake_claude: Path)
     call = json.loads(fake_claude.read_text())
     argv = call["argv"]
     assert argv[0] == "-p" and argv[1].startswith(context.rules)  # LOOP.md, then the night so far
-    assert context.prompt in argv[1] and "HYPOTHESIS:" in argv[1]
+    assert context.prompt in argv[1] and "HYPOTHESIS:" in argv[1] and "MEMORY <principle|dead end" in argv[1]
     assert option(argv, "--output-format") == "json"
     assert option(argv, "--tools") == FILE_TOOLS and "--allowedTools" not in argv
     assert option(argv, "--permission-mode") == "dontAsk"

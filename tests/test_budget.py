@@ -101,8 +101,9 @@ def test_cpu_limit_kills_a_runaway_training_with_the_reason(burner: Path, tmp_pa
     result = executor._run("training", ["burn"], tmp_path / "burn.log", timeout_s=300.0, cpu_limit_s=1.0)
     assert not result.ok and result.status == RunStatus.CRASH
     assert result.reason.startswith(CPU_LIMIT_REASON), result.reason
-    # stopped at the limit by the kernel (rusage may read a hair under it: it rounds differently)
-    assert result.cpu_s is not None and 0.9 < result.cpu_s < 1.5
+    # stopped at the limit by the kernel, not later: rusage reads up to ~0.15 s under the limit it enforced
+    # (seen: 0.90 s on a loaded machine; it rounds differently)
+    assert result.cpu_s is not None and 0.75 < result.cpu_s < 1.5
     assert not list(burner.glob("core*"))  # SIGXCPU dumps core by default; not into the worktree
 
 
@@ -113,8 +114,8 @@ def test_a_training_deaf_to_sigxcpu_is_killed_a_margin_later(
     executor = Executor(burner, tmp_path, cores=ONE_CORE)
     result = executor._run("training", ["burn", "deaf"], tmp_path / "b.log", timeout_s=300.0, cpu_limit_s=1.0)
     assert result.status == RunStatus.CRASH and result.reason.startswith(CPU_LIMIT_REASON), result.reason
-    # SIGKILL at the hard limit (soft + margin = 2 s), not at the soft one; rusage reads up to ~0.15 s under
-    # the limit the kernel enforced (seen: 1.88 s on a loaded machine), as in the test above
+    # SIGKILL at the hard limit (soft + margin = 2 s), not at the soft one; rusage reads under the limit the
+    # kernel enforced, as in the test above (seen: 1.88 s)
     assert result.cpu_s is not None and 1.6 < result.cpu_s < 2.5
 
 

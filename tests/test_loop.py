@@ -28,7 +28,7 @@ from models.data import load_split
 from models.promoted import MANIFEST, PromotedError, load_promoted
 from models.world_model import to_tensor
 from tests.helpers import assert_one_line_error, harness
-from tests.night_project import EXPECTED, EXPERIMENT, KEEP
+from tests.night_project import EXPECTED, EXPERIMENT, KEEP, NOTE
 
 
 @pytest.fixture
@@ -145,6 +145,25 @@ def test_unconfirmed_runs_show_in_every_view(night: NightPaths):
     assert "❔ unconfirmed" in report and "## Seeds" in report and "| 1001 |" in report
     prompt = (night.run_dir("t-002") / "prompt.md").read_text()
     assert "t-001 unconfirmed" in prompt and "on its first seed and then on the mean with a second" in prompt
+
+
+def test_the_research_memory_reaches_every_later_prompt(night: NightPaths):
+    """The harness's digest (keeps, dead ends by what they moved, open questions) and the agent's own note
+    reach the prompts after them; runs/<tag>/memory.md holds the latest."""
+    prompt = (night.run_dir("t-006") / "prompt.md").read_text()
+    memory = prompt.split("## Research memory")[1].split("\n## ")[0]
+    assert "- t-003 kept: residual prediction starts at the copy baseline (-" in memory
+    assert "- residual: t-004 residual false: discard +" in memory
+    assert "- t-001 unconfirmed: residual, but odd seeds are ruined (first seed -" in memory
+    assert '- refused before any change: t-005 "grade more kindly": rejected' in memory
+    assert (
+        "- t-002 unconfirmed: residual, but odd seeds crash (first seed -99.2%, its second seed: crash)"
+        in memory
+    )
+    assert f"- [N1] {NOTE} (agent, t-003)" in memory
+    assert "[N1]" not in (night.run_dir("t-003") / "prompt.md").read_text()  # it joins once its run is in
+    assert f"[N1] {NOTE}" in night.memory.read_text()
+    assert "## Every run so far" not in prompt  # the prompt no longer lists every run
 
 
 # ------------------------------------------------------------ promoting the night's runs

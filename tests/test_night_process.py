@@ -6,10 +6,12 @@ tests/night_project.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -100,9 +102,13 @@ def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
 def test_an_anthropic_night_over_http_leaves_the_api_key_in_no_file(small_cache: Path, tmp_path: Path):
     """`harness run --agent anthropic` against the fake Messages API with a canary key: a proposal comes
     after an overloaded (529) reply; the agent writes the key into a hypothesis, and a training prints its
-    environment. The key reaches no training, file, commit or line of output."""
+    environment. The key reaches no training, file, commit or line of output. While the night runs, the
+    researcher steers it (`harness steer`): the note reaches the very next prompt sent to the API, beside
+    the standing GUIDANCE.md every prompt carries, and the ledger and summary say which runs saw it."""
     canary = "sk-ant-canary-" + os.urandom(8).hex()
     root = make_project(tmp_path / "project")
+    (root / "GUIDANCE.md").write_text("Keep each change small enough to explain in one sentence.\n")
+    steered = threading.Event()  # run 1's first request waits for the note (its prompt is already sent)
     leak = (
         "import os\nprint(dict(os.environ))\nraise RuntimeError(os.environ.get('ANTHROPIC_API_KEY', 'none'))"
     )
@@ -113,8 +119,9 @@ def test_an_anthropic_night_over_http_leaves_the_api_key_in_no_file(small_cache:
         )
 
     with FakeMessagesAPI() as api:
+        first = message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0))
         api.enqueue(
-            message([tool_use_block("read_file", {"path": EXPERIMENT})], usage_=usage(2000, 50, 3000, 0)),
+            dataclasses.replace(first, gate=steered),
             overloaded(),
             message(  # learns nothing either: discarded
                 [propose(f"leak {canary} in the hypothesis", config_edit("lr = 1e-30", "lr = 2e-30"))],
@@ -128,11 +135,22 @@ def test_an_anthropic_night_over_http_leaves_the_api_key_in_no_file(small_cache:
             *("--eval-samples", "32", "--max-runs", "3", "--baseline-seeds", "1"),
             env={"ANTHROPIC_API_KEY": canary, "ANTHROPIC_BASE_URL": api.url},
         )
+        wait_for(lambda: api.message_requests() or proc.poll() is not None)
+        sent = harness("steer", "Try the learning rate next.", "--root", root, "--tag", "a")
+        steered.set()
         out, _ = proc.communicate(timeout=300)
         requests = api.message_requests()
+    assert sent.returncode == 0 and "note S1 for night a" in sent.stdout, sent.stderr
     assert proc.returncode == 0, out
     records = Ledger(NightPaths(root, "a")).read()
     assert [r.status.value for r in records] == ["keep", "discard", "crash"]
+    prompts = [r["messages"][0]["content"][0]["text"] for r in requests]
+    assert all("Keep each change small enough" in p for p in prompts)
+    assert "Try the learning rate next." not in prompts[0] and "S1, " in prompts[3]  # the very next prompt
+    guidance = next(s for s in records[1].steering if s.startswith("GUIDANCE.md@"))
+    assert records[1].steering == [guidance] and records[2].steering == ["S1", guidance]
+    steering = (root / "reports/summary.md").read_text().split("## Steering")[1]
+    assert "S1: Try the learning rate next." in steering and "1 run saw it, from [a-002]" in steering
     run = records[1]
     assert run.tokens.input_tokens == 2300 and run.tokens.output_tokens == 170 and run.tokens.cost_usd > 0
     assert len(requests) == 4  # the 529 was retried

@@ -346,3 +346,6 @@ def test_cli_errors_are_one_line(night: NightPaths):
     assert_one_line_error(result, "unknown run 'nope-007'", "known runs:", run_id_for(TAG, 0))
     assert_one_line_error(harness("summary", "--tag", "other", "--root", night.root), f"nights: {TAG}")
     assert_one_line_error(harness("status", "--root", night.root / "empty"), "no nights under")
+    ended = harness("steer", "try a wider model", "--root", night.root)
+    assert_one_line_error(ended, f"night {TAG} ended", "a note reaches a night that runs or is resumed")
+    assert not night.steering.exists()

@@ -216,6 +216,18 @@ _EDIT_SCHEMA = {
     },
     "required": ["path"],
 }
+_MEMORY_SCHEMA = {
+    "type": "object",
+    "description": "An edit of the night's research memory: add a note (with its section), or forget one.",
+    "properties": {
+        "add": {"type": "string", "description": "A lesson from the results, one or two sentences."},
+        "section": {"type": "string", "enum": ["principle", "dead end", "question"]},
+        "forget": {
+            "type": "string",
+            "description": "The id of an earlier note that no longer holds, e.g. N3.",
+        },
+    },
+}
 TOOLS: list[dict[str, Any]] = [
     {
         "name": "list_files",
@@ -259,12 +271,13 @@ TOOLS: list[dict[str, Any]] = [
                     "description": "Experiment TOML to train, relative to the project; omit for the default.",
                 },
                 "edits": {"type": "array", "items": _EDIT_SCHEMA},
+                "memory": {"type": "array", "items": _MEMORY_SCHEMA},
             },
             "required": ["hypothesis", "edits"],
         },
     },
 ]
-PROPOSE_FIELDS = {"hypothesis", "rationale", "experiment", "edits"}
+PROPOSE_FIELDS = {"hypothesis", "rationale", "experiment", "edits", "memory"}
 
 INSTRUCTIONS = """\
 You are the research agent of worldloop, an overnight harness that improves action-conditioned robot world

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.ledger import RunRecord, TokenUse
+from harness.ledger import MemoryEdit, RunRecord, TokenUse
 from models.errors import WorldloopError
 
 
@@ -75,6 +75,10 @@ class Proposal(BaseModel):
     edits: list[FileEdit] = Field(default_factory=list)
     experiment: str | None = Field(
         None, description="Experiment TOML to train, relative to the project (default: the night's own)."
+    )
+    memory: list[MemoryEdit] = Field(
+        default_factory=list,
+        description="Edits of the night's research memory: notes to add (bounded), earlier notes to forget.",
     )
     tokens: TokenUse = Field(default_factory=TokenUse)
     meta: dict[str, Any] = Field(

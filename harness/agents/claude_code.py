@@ -49,7 +49,8 @@ from typing import Any
 
 from harness.agents.base import Agent, AgentContext, AgentError, FileEdit, Proposal
 from harness.durable import append_line
-from harness.ledger import TokenUse
+from harness.ledger import MemoryEdit, TokenUse
+from harness.memory import NOTE_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,14 @@ _EXPERIMENT = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 
+# "MEMORY principle: x", "- memory (dead end): x", "FORGET: N3": edits of the night's research memory.
+_MEMORY = re.compile(
+    r"^[ \t>*_#-]*memory[*_ \t(]*(?P<section>principle|dead end|question)[)*_ \t]*:"
+    r"[*_ \t]*(?P<text>\S.*?)[*_ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_FORGET = re.compile(r"^[ \t>*_#-]*forget[*_ \t]*:[*_ \t]*(?P<id>N\d+)\b.*$", re.IGNORECASE | re.MULTILINE)
+
 WORK_RULES = """\
 
 ---
@@ -95,12 +104,26 @@ When you are done, reply with this first line:
 HYPOTHESIS: <one sentence: what you changed and what it should do>
 then, only if another experiment config than {experiment} should be trained, a line
 EXPERIMENT: experiments/<name>.toml
+then, for each lesson the research memory should keep, a line
+MEMORY <principle|dead end|question>: <the lesson, at most {note_chars} characters>
+and for each memory note that no longer holds, a line FORGET: N<id>
 then a short rationale."""
 
 
 def build_prompt(context: AgentContext) -> str:
     rules = f"{context.rules}\n\n" if context.rules else ""
-    return rules + context.prompt + WORK_RULES.format(allowed=context.allowed, experiment=context.experiment)
+    work = WORK_RULES.format(allowed=context.allowed, experiment=context.experiment, note_chars=NOTE_CHARS)
+    return rules + context.prompt + work
+
+
+def parse_memory(text: str) -> tuple[list[MemoryEdit], str]:
+    """The memory edits of the CLI's final answer (MEMORY and FORGET lines), and the text without them."""
+    edits = [
+        MemoryEdit(add=m.group("text"), section=m.group("section").lower()) for m in _MEMORY.finditer(text)
+    ]
+    edits += [MemoryEdit(forget=m.group("id").upper()) for m in _FORGET.finditer(text)]
+    rest = _FORGET.sub("", _MEMORY.sub("", text))
+    return edits, rest
 
 
 def _ignored(rel: PurePosixPath) -> bool:
@@ -376,6 +399,7 @@ class ClaudeCodeAgent(Agent):
 
         tokens, meta = tokens_from_result(result), self._meta(result)
         text = result.get("result") if isinstance(result.get("result"), str) else ""
+        memory, text = parse_memory(text)
         hypothesis, experiment, rationale = parse_result_text(text)
         if not edits and experiment is None:
             raise AgentError(
@@ -393,6 +417,7 @@ class ClaudeCodeAgent(Agent):
             rationale=rationale,
             edits=edits,
             experiment=experiment,
+            memory=memory,
             tokens=tokens,
             meta=meta,
         )
