@@ -155,9 +155,9 @@ class RunRecord(BaseModel):
     tokens: TokenUse = Field(default_factory=TokenUse)
     agent_meta: dict[str, Any] = Field(default_factory=dict)  # what the agent wants back (e.g. its params)
     memory: list[MemoryEdit] = Field(default_factory=list)  # the agent's edits of the research memory
-    steering: list[str] = Field(
-        default_factory=list
-    )  # what its prompt showed: notes S1.., GUIDANCE.md@version
+    steering: list[str] = Field(default_factory=list)  # what its prompt showed: notes S1.., GUIDANCE.md@v
+    novelty: float | None = None  # 1 - its similarity to the closest earlier proposal (harness/novelty.py)
+    similar_to: str | None = None  # that closest earlier run
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)

@@ -48,6 +48,7 @@ from harness.ledger import (
     RunRecord,
     RunStatus,
     Timings,
+    TokenUse,
     Trial,
     baseline_run,
     best_run,
@@ -56,6 +57,7 @@ from harness.ledger import (
     now,
 )
 from harness.memory import NOTE_CHARS, MemoryBuilder
+from harness.novelty import NearDuplicate, Novelty, NoveltyIndex
 from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
@@ -209,6 +211,7 @@ class PromptState:
     feedback: list[str]
     noise: NoiseFloor
     steering: Steering  # the researcher's guidance and notes (harness/steering.py)
+    repeat: str = ""  # why this run's first proposal was sent back (a near-duplicate), for its second try
     note_chars: int = NOTE_CHARS  # the most an agent's memory note may hold
     in_flight: list[tuple[str, str]] = field(default_factory=list)  # (run id, hypothesis) not judged yet
 
@@ -253,6 +256,9 @@ class Flight:
     # (shared with the other proposals on the same commit: agents read it, never write it)
     pending: PendingRun | None = None  # set once committed (pending.json)
     steering: list[str] = field(default_factory=list)  # the researcher's notes its prompt showed
+    sent_back: NearDuplicate | None = None  # its first proposal repeated an earlier run: asked once more
+    novelty: Novelty | None = None  # its proposal against the earlier ones, once committed
+    spent: TokenUse = field(default_factory=TokenUse)  # what a proposal sent back had cost
     tree: Path | None = None  # its commit's files, where its jobs run
     queued: list[Job] = field(default_factory=list)  # jobs waiting for a worker
     running: int = 0  # jobs on workers
@@ -330,6 +336,7 @@ class Night:
         self._status = None  # the live line of a terminal
         self.painter: Painter | None = None  # draws the figures of a night of several workers
         self.memory = MemoryBuilder(self.paths)  # the research memory every prompt shows
+        self.novelty = NoveltyIndex(self.paths.runs)  # every proposal against the earlier ones
         self._base_trees: dict[str, tuple[Path, int]] = {}  # commit: its tree, the proposals reading it
         self._summary_at = -SUMMARY_EVERY_S  # when the summary was last rewritten (monotonic)
 
@@ -588,7 +595,8 @@ class Night:
         if flight.proposal_tree is not None:
             self._release_base_tree(flight.base_commit)
             flight.proposal_tree = None
-        answer, run.timings.agent_s = future.result()
+        answer, seconds = future.result()
+        run.timings.agent_s += seconds  # a proposal sent back as a repeat is asked twice
         if isinstance(answer, AgentExhausted):
             del self.flights[run.run_id]  # never a run: its id is the next one's
             shutil.rmtree(self.paths.run_dir(run.run_id), ignore_errors=True)
@@ -633,7 +641,7 @@ class Night:
             hypothesis=proposal.hypothesis,
             rationale=proposal.rationale,
             experiment=experiment,
-            tokens=proposal.tokens,
+            tokens=proposal.tokens + flight.spent,
             agent_meta=proposal.meta,
             memory=proposal.memory,
             steering=flight.steering,
@@ -642,6 +650,19 @@ class Night:
         self._phase(flight, "validate")
         try:
             commit_sha, diff_stat = self._commit(proposal, flight, experiment)
+        except NearDuplicate as repeat:
+            self.workspace.reset(self._best()[1])
+            if flight.sent_back is None:  # once: the agent hears what the earlier run gave, and tries again
+                flight.sent_back, flight.spent = repeat, flight.spent + proposal.tokens
+                self.console.print(f"  {flight.run_id} · sent back: {repeat}", highlight=False)
+                self._phase(flight, "agent")
+                flight.proposal = self._agents.submit(self._propose, self._context(flight))
+                return
+            record.update(novelty=repeat.novelty.score, similar_to=repeat.novelty.closest)
+            self._record(
+                flight, record, status=RunStatus.REJECTED, reason=str(repeat), error_tail=str(repeat)
+            )
+            return
         except ProposalRejected as rejection:
             self.workspace.reset(self._best()[1])
             self._record(
@@ -649,6 +670,8 @@ class Night:
             )
             return
         record.update(commit=commit_sha, diff_stat=diff_stat, model_kind=self._kind(experiment))
+        if flight.novelty is not None:
+            record.update(novelty=flight.novelty.score, similar_to=flight.novelty.closest)
         flight.pending = PendingRun(record=to_jsonable_python(record), timings=run.timings)
         flight.pending.write(run_dir)
         self._queue_trials(flight)
@@ -676,10 +699,22 @@ class Night:
             if diff:
                 atomic_write_text(run_dir / reports.PROPOSAL_DIFF, diff + "\n")
             raise
+        atomic_write_text(run_dir / reports.PROPOSAL_DIFF, commit.diff + "\n")  # a repeat's too: the memory
+        flight.novelty = self._novelty(flight, commit.diff, proposal.hypothesis)  # NearDuplicate: not kept
         self.workspace.set_aside(run.run_id, commit.sha)
         self.workspace.reset(self._best()[1])
-        atomic_write_text(run_dir / reports.PROPOSAL_DIFF, commit.diff + "\n")
         return commit.sha, commit.diff_stat
+
+    def _novelty(self, flight: Flight, diff: str, hypothesis: str) -> Novelty:
+        """The proposal against every earlier one of the night (recorded, or in flight and committed); a
+        near-duplicate is NearDuplicate, with what the run it repeats gave."""
+        earlier = [(r.run_id, r.hypothesis) for r in self.records]
+        earlier += [(f.run_id, f.hypothesis) for f in self.flights.values() if f is not flight and f.pending]
+        novelty = self.novelty.compare(diff, hypothesis, earlier)
+        if novelty.duplicate:
+            repeated = next((r for r in self.records if r.run_id == novelty.closest), None)
+            raise NearDuplicate(novelty, repeated)
+        return novelty
 
     @property
     def _experiment(self) -> str:
@@ -1097,6 +1132,7 @@ class Night:
             board=leaderboard(records, top=10),
             memory=self.memory.write(records),
             steering=steering,
+            repeat=str(flight.sent_back) if flight.sent_back else "",
             feedback=feedback,
             noise=night_noise(records),
             in_flight=[(f.run_id, f.hypothesis) for f in in_flight],

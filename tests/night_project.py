@@ -150,6 +150,7 @@ def odd_seeds(body: str) -> FileEdit:
 
 
 RESIDUAL = config_edit("residual = false", "residual = true")
+NO_RESIDUAL = config_edit("residual = true", "residual = false")
 RUIN = odd_seeds(
     "with torch.no_grad():\n"
     "    for module in [model] + ([ema.model] if ema else []):\n"
@@ -172,9 +173,7 @@ PROPOSALS = [
         edits=[RESIDUAL, MARKED],
         memory=[MemoryEdit(add=NOTE, section="principle")],
     ),
-    Proposal(
-        hypothesis="no residual again (worse)", edits=[config_edit("residual = true", "residual = false")]
-    ),
+    Proposal(hypothesis="no residual again (worse)", edits=[NO_RESIDUAL]),
     Proposal(
         hypothesis="grade more kindly", edits=[FileEdit(path="models/evaluate.py", content="print('hi')\n")]
     ),
@@ -182,9 +181,13 @@ PROPOSALS = [
     Proposal(hypothesis="touch git", edits=[FileEdit(path=".git/config", content="")]),
     Proposal(hypothesis="a learning rate that explodes", edits=[config_edit("lr = 1e-30", "lr = 1e30")]),
     Proposal(hypothesis="a training step that hangs", edits=[loss_edit("import time\ntime.sleep(600)")]),
+    # The discarded change again, in other words: sent back once with t-004's result; the replay agent answers
+    # the same again, which is rejected without training.
+    Proposal(hypothesis="turn residual prediction off", edits=[NO_RESIDUAL]),
 ]
 EXPECTED = [
     *("keep", "unconfirmed", "unconfirmed", "keep", "discard"),
-    *("rejected", "rejected", "rejected", "crash", "timeout"),
+    *("rejected", "rejected", "rejected", "crash", "timeout", "rejected"),
 ]
+REPEAT = 10  # the record of the repeated change, sent back once (PROPOSALS[9] repeats record 4)
 KEEP = 3  # the record of the confirmed keep (PROPOSALS[KEEP - 1]; record 0 is the baseline)

@@ -21,6 +21,7 @@ import torch
 import models
 from harness.ledger import Ledger, RunStatus, best_run
 from harness.loop import trial_seed
+from harness.memory import MemoryBuilder
 from harness.paths import NightPaths, run_id_for
 from harness.promote import promote
 from models.checkpoint import load_run
@@ -28,7 +29,7 @@ from models.data import load_split
 from models.promoted import MANIFEST, PromotedError, load_promoted
 from models.world_model import to_tensor
 from tests.helpers import assert_one_line_error, harness
-from tests.night_project import EXPECTED, EXPERIMENT, KEEP, NOTE
+from tests.night_project import EXPECTED, EXPERIMENT, KEEP, NOTE, REPEAT
 
 
 @pytest.fixture
@@ -48,6 +49,7 @@ def test_every_proposal_gets_its_fate(night: NightPaths):
     assert "git internals" in records[7].reason
     assert "NaN" in records[8].reason
     assert "hard timeout" in records[9].reason
+    assert "a near-duplicate of t-004 (similarity 0.8" in records[REPEAT].reason
     for r in records:
         assert night.report(r.run_id).exists()
         # Every second of a run is accounted once: agent, training, judging, more seeds, harness.
@@ -164,6 +166,27 @@ def test_the_research_memory_reaches_every_later_prompt(night: NightPaths):
     assert "[N1]" not in (night.run_dir("t-003") / "prompt.md").read_text()  # it joins once its run is in
     assert f"[N1] {NOTE}" in night.memory.read_text()
     assert "## Every run so far" not in prompt  # the prompt no longer lists every run
+
+
+def test_a_repeated_change_is_sent_back_once_with_the_earlier_result_then_not_trained(night: NightPaths):
+    """PROPOSALS[9] repeats t-004's change in other words: the agent hears what t-004 gave and is asked again;
+    its second answer (a replay gives the same) repeats it too, and is recorded rejected without training.
+    Every proposal that became a commit has its novelty in the ledger."""
+    records = Ledger(night).read()
+    repeat = records[REPEAT]
+    assert repeat.status == RunStatus.REJECTED and repeat.hypothesis == "turn residual prediction off"
+    assert "it was discard, val mse" in repeat.reason and repeat.similar_to == "t-004"
+    assert (
+        repeat.novelty is not None and repeat.novelty < 0.15 and not repeat.trials and repeat.commit is None
+    )
+    prompt = (night.run_dir(repeat.run_id) / "prompt.md").read_text()
+    assert "## Your first proposal for this run was sent back" in prompt
+    assert "a near-duplicate of t-004" in prompt and "not trained: it was discard" in prompt
+    memory = MemoryBuilder(night).render(records)  # as a next prompt would show it
+    assert "t-010 residual false: rejected (a near-duplicate of t-004" in memory.split("### Dead ends")[1]
+    assert records[0].novelty is None  # the baseline proposes nothing
+    assert records[1].novelty == 1.0  # the first change is new
+    assert 0.0 < records[3].novelty < 1.0 and records[3].similar_to in ("t-001", "t-002")  # residual again
 
 
 # ------------------------------------------------------------ promoting the night's runs

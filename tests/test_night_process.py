@@ -87,7 +87,11 @@ def test_kill_9_in_a_confirmation_then_resume_loses_nothing_and_counts_nothing_t
 
 def test_the_budget_is_kept_within_one_grace(small_cache: Path, tmp_path: Path):
     root = make_project(tmp_path / "project")
-    replay = write_replay(tmp_path / "p.jsonl", [PROPOSALS[KEEP - i % 2] for i in range(50)])
+    learns_nothing = [  # each trained (a repeat would be sent back, not trained), none kept
+        Proposal(hypothesis=f"lr {i + 2}e-30", edits=[config_edit("lr = 1e-30", f"lr = {i + 2}e-30")])
+        for i in range(50)
+    ]
+    replay = write_replay(tmp_path / "p.jsonl", learns_nothing)
     budget, grace = 30.0, 10.0
     settings = tiny_night(root, "b", small_cache, budget_s=budget, grace_s=grace, baseline_seeds=1)
     start = time.monotonic()
