@@ -7,7 +7,7 @@ import sys
 
 BENCHMARKS = (
     *("sim_render", "dataset_io", "bus", "world_models", "center"),  # 40 min
-    *("parallel", "large_night"),  # 10 min, 20 min
+    *("parallel", "large_night", "memory"),  # 10 min, 20 min, 2 min
     "night",  # 1 h
 )
 

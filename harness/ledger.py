@@ -158,6 +158,7 @@ class RunRecord(BaseModel):
     steering: list[str] = Field(default_factory=list)  # what its prompt showed: notes S1.., GUIDANCE.md@v
     novelty: float | None = None  # 1 - its similarity to the closest earlier proposal (harness/novelty.py)
     similar_to: str | None = None  # that closest earlier run
+    sent_back: str | None = None  # why its first proposal was sent back to the agent (a near-duplicate)
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)

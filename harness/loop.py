@@ -642,6 +642,7 @@ class Night:
             rationale=proposal.rationale,
             experiment=experiment,
             tokens=proposal.tokens + flight.spent,
+            sent_back=str(flight.sent_back) if flight.sent_back else None,
             agent_meta=proposal.meta,
             memory=proposal.memory,
             steering=flight.steering,

@@ -27,10 +27,12 @@ from harness.durable import atomic_write_text
 from harness.ledger import FAILED, RunRecord, RunStatus
 from harness.paths import NightPaths
 
-MEMORY_CHARS = 4000
-"""The whole digest, in characters (about 1,000 tokens): the prompt stops growing once it is full."""
+MEMORY_CHARS = 3000
+"""The whole digest, in characters (about 750 tokens): the prompt stops growing once it is full. A full
+memory adds at most ~2,700 characters to a prompt of run 3 (~14,000 on the tiny project:
+benchmarks/memory.py), so a prompt never grows past ~1.2x of an early one."""
 NOTE_CHARS = 280  # one agent note
-AGENT_CHARS = 1500  # the agent's notes together: the newest are kept
+AGENT_CHARS = 1200  # the agent's notes together: the newest are kept
 KEPT_LINES = 8  # kept runs shown (the latest); the others are counted
 GROUP_RUNS = 4  # runs shown per dead-end group (the latest); the others are counted
 SECTIONS = {

@@ -467,6 +467,12 @@ class NightView:
         return min(1.0, busy / (self.info.workers * self.elapsed_s))
 
     @property
+    def repeats(self) -> tuple[int, int]:
+        """Proposals sent back as near-duplicates of earlier runs, and those rejected for repeating again."""
+        sent = sum(1 for r in self.records if r.sent_back)
+        return sent, sum(1 for r in self.records if r.sent_back and r.status == RunStatus.REJECTED)
+
+    @property
     def runs_per_hour(self) -> float:
         return 3600.0 * len(self.records) / self.elapsed_s if self.elapsed_s else 0.0
 

@@ -176,6 +176,11 @@ def test_a_repeated_change_is_sent_back_once_with_the_earlier_result_then_not_tr
     repeat = records[REPEAT]
     assert repeat.status == RunStatus.REJECTED and repeat.hypothesis == "turn residual prediction off"
     assert "it was discard, val mse" in repeat.reason and repeat.similar_to == "t-004"
+    assert repeat.sent_back is not None and repeat.sent_back.startswith("a near-duplicate of t-004")
+    assert (
+        "| repeats | 1 proposal sent back as near-duplicates of earlier runs, not trained; 1 repeated again"
+        in (night.summary.read_text())
+    )
     assert (
         repeat.novelty is not None and repeat.novelty < 0.15 and not repeat.trials and repeat.commit is None
     )
