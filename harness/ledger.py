@@ -213,6 +213,7 @@ class NightInfo(BaseModel):
     executor: str = "local"
     spent_s: float | None = None  # wall clock of the budget spent so far (None: an older night's file)
     experiment: str | None = None  # `--experiment`: its kind's config in place of experiments/<kind>.toml
+    continues: str | None = None  # `--continue`: the night whose best run this one started from
 
     def experiment_of(self, kind: str) -> str:
         """The experiment config a model kind trains with by default this night, and whose task (canvas,

@@ -57,6 +57,7 @@ from harness.ledger import (
     now,
 )
 from harness.memory import NOTE_CHARS, MemoryBuilder
+from harness.nights import continuation, night_chain
 from harness.novelty import NearDuplicate, Novelty, NoveltyIndex
 from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
@@ -182,6 +183,7 @@ class NightSettings:
     storage: Path | None = None  # a filesystem every Ray node shares: trial directories travel through it
     gpus_per_run: float | None = None  # each run's GPUs (default: local workers share the machine's equally)
     experiment: str | None = None  # `--experiment`: the one kind's config in place of experiments/<kind>.toml
+    continues: str | None = None  # `--continue`: start from that night's best commit, with what it learned
 
     @property
     def proposals_ahead(self) -> int:
@@ -336,7 +338,8 @@ class Night:
         self._status = None  # the live line of a terminal
         self.painter: Painter | None = None  # draws the figures of a night of several workers
         self.memory = MemoryBuilder(self.paths)  # the research memory every prompt shows
-        self.novelty = NoveltyIndex(self.paths.runs)  # every proposal against the earlier ones
+        self.novelty = NoveltyIndex()  # every proposal against the earlier ones
+        self.earlier: list[RunRecord] = []  # the runs of the nights this one continues
         self._base_trees: dict[str, tuple[Path, int]] = {}  # commit: its tree, the proposals reading it
         self._summary_at = -SUMMARY_EVERY_S  # when the summary was last rewritten (monotonic)
 
@@ -369,7 +372,8 @@ class Night:
         else:
             if existing is not None or paths.ledger.exists():
                 raise LedgerError(f"night {s.tag!r} exists already: continue it with --resume {s.tag}")
-            self.workspace = Workspace.create(paths.root, s.tag, worktree)
+            start = continuation(paths.root, s.continues).commit if s.continues else "HEAD"
+            self.workspace = Workspace.create(paths.root, s.tag, worktree, start=start)
             if self.workspace.uncommitted_in_project():
                 self.console.print(
                     "[yellow]note:[/yellow] uncommitted changes under models/ or experiments/ are not "
@@ -389,8 +393,10 @@ class Night:
                 workers=s.workers,
                 executor=s.executor,
                 experiment=s.experiment,
+                continues=s.continues,
             )
         self.info.write(paths)
+        self.earlier = night_chain(paths.root, self.info.continues)  # what the nights before it tried
         self.records = self.ledger.read()
         self._restore()
         self.spent_before = self.info.spent_s if self.info.spent_s is not None else self._summed()
@@ -709,11 +715,15 @@ class Night:
     def _novelty(self, flight: Flight, diff: str, hypothesis: str) -> Novelty:
         """The proposal against every earlier one of the night (recorded, or in flight and committed); a
         near-duplicate is NearDuplicate, with what the run it repeats gave."""
-        earlier = [(r.run_id, r.hypothesis) for r in self.records]
-        earlier += [(f.run_id, f.hypothesis) for f in self.flights.values() if f is not flight and f.pending]
+        run_dir = self.paths.run_dir
+        earlier = [(NightPaths(self.paths.root, r.tag).run_dir(r.run_id), r.hypothesis) for r in self.earlier]
+        earlier += [(run_dir(r.run_id), r.hypothesis) for r in self.records]
+        earlier += [
+            (run_dir(f.run_id), f.hypothesis) for f in self.flights.values() if f is not flight and f.pending
+        ]
         novelty = self.novelty.compare(diff, hypothesis, earlier)
         if novelty.duplicate:
-            repeated = next((r for r in self.records if r.run_id == novelty.closest), None)
+            repeated = next((r for r in self.earlier + self.records if r.run_id == novelty.closest), None)
             raise NearDuplicate(novelty, repeated)
         return novelty
 
@@ -1131,7 +1141,7 @@ class Night:
             best=best,
             baseline=baseline,
             board=leaderboard(records, top=10),
-            memory=self.memory.write(records),
+            memory=self.memory.write(self.earlier + records),
             steering=steering,
             repeat=str(flight.sent_back) if flight.sent_back else "",
             feedback=feedback,
@@ -1155,6 +1165,7 @@ class Night:
             remaining_s=max(0.0, self.remaining()),
             allowed=ALLOWED_TEXT,
             rules=loop_text,
+            earlier=self.earlier,
             in_flight=[
                 InFlight(
                     f.run_id, f.hypothesis, (f.pending.record.get("agent_meta") or {}) if f.pending else {}

@@ -155,7 +155,7 @@ class MemoryBuilder:
 
     def moved(self, record: RunRecord) -> Moved:
         if record.run_id not in self._moved:
-            diff = self.paths.run_dir(record.run_id) / "proposal.diff"
+            diff = NightPaths(self.paths.root, record.tag).run_dir(record.run_id) / "proposal.diff"
             self._moved[record.run_id] = moved_by(diff.read_text()) if diff.exists() else Moved()
         return self._moved[record.run_id]
 

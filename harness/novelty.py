@@ -74,33 +74,33 @@ class Novelty:
 
 
 class NoveltyIndex:
-    """The night's proposals as compared (a run's diff never changes: each is read once)."""
+    """The proposals compared so far (a run's diff never changes: each is read once)."""
 
-    def __init__(self, runs_dir: Path):
-        self.runs_dir = runs_dir
-        self._seen: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[frozenset[str], frozenset[str]]] = {}
 
-    def _signature(self, run_id: str, hypothesis: str) -> tuple[frozenset[str], frozenset[str]] | None:
-        if run_id not in self._seen:
-            diff = self.runs_dir / run_id / "proposal.diff"
+    def _signature(self, run_dir: Path, hypothesis: str) -> tuple[frozenset[str], frozenset[str]] | None:
+        if run_dir not in self._seen:
+            diff = run_dir / "proposal.diff"
             if not diff.exists():  # the baseline, or a proposal refused before it changed anything
                 return None
-            self._seen[run_id] = (changed_lines(diff.read_text()), words(hypothesis))
-        return self._seen[run_id]
+            self._seen[run_dir] = (changed_lines(diff.read_text()), words(hypothesis))
+        return self._seen[run_dir]
 
-    def compare(self, diff: str, hypothesis: str, earlier: Iterable[tuple[str, str]]) -> Novelty:
-        """`diff` and `hypothesis` against the earlier runs, given as (run id, hypothesis)."""
+    def compare(self, diff: str, hypothesis: str, earlier: Iterable[tuple[Path, str]]) -> Novelty:
+        """`diff` and `hypothesis` against the earlier runs, given as (run directory, hypothesis): the
+        directory's name is the run's id."""
         lines, text = changed_lines(diff), words(hypothesis)
         best = Novelty(None, 0.0)
-        for run_id, their_hypothesis in earlier:
-            signature = self._signature(run_id, their_hypothesis)
+        for run_dir, their_hypothesis in earlier:
+            signature = self._signature(run_dir, their_hypothesis)
             if signature is None:
                 continue
             similarity = DIFF_WEIGHT * jaccard(lines, signature[0]) + (1 - DIFF_WEIGHT) * jaccard(
                 text, signature[1]
             )
             if similarity > best.similarity:
-                best = Novelty(run_id, round(similarity, 4))
+                best = Novelty(run_dir.name, round(similarity, 4))
         return best
 
 

@@ -107,6 +107,8 @@ def status(
         if info.finished_at is not None:
             head += f" · ended: {info.end_reason or 'done'}"
     console.print(head)
+    if info is not None and info.continues:
+        console.print(f"continues night {info.continues}: its best run is this night's baseline")
     for r in night.running:
         elapsed = reports.fmt_duration((now() - r.started_at).total_seconds())
         what = reports.one_line(r.hypothesis, 90)
@@ -146,3 +148,21 @@ def status(
         console.print(
             f"best: [bold]{night.best.run_id}[/bold] · promote with `harness promote {night.best.run_id}`"
         )
+    _print_nights(root)
+
+
+def _print_nights(root: Path) -> None:
+    """Every night of the project, a line each: which continues which, and its best."""
+    from harness.nights import nights
+
+    lines = nights(root)
+    if len(lines) < 2:
+        return
+    console.print("nights:")
+    for line in lines:
+        best = (
+            f"best {line.best.run_id} ({reports.fmt_number(line.best.primary)})" if line.best else "no best"
+        )
+        after = f" · continues {line.continues}" if line.continues else ""
+        running = " · [cyan]running[/cyan]" if line.running else ""
+        console.print(f"  {line.tag}: {line.runs} runs · {best}{after}{running}")

@@ -11,12 +11,16 @@ from harness.agents import AGENTS, default_agent, make_agent
 from harness.ledger import LedgerError, NightInfo
 from harness.loop import Night, NightSettings
 from harness.loop import model_kind as experiment_kind
+from harness.nights import continuation
 from harness.paths import NightPaths
 from models.config import parse_duration
 from models.errors import WorldloopError
 
 REPLAY_OPTION = typer.Option(None, "--replay", help="proposals file for --agent replay")
-DATASET_OPTION = typer.Option(Path("data/sim"), "--dataset", help="LeRobot v3.0 dataset to train on")
+DATASET_OPTION = typer.Option(
+    None, "--dataset", help="LeRobot v3.0 dataset to train on (default: data/sim, or the continued night's)"
+)
+DEFAULT_DATASET = Path("data/sim")
 STORAGE_OPTION = typer.Option(
     None,
     "--storage",
@@ -92,6 +96,13 @@ def run(
         "experiments/dit_224.toml: runs change it and are judged on its task (canvas, data)",
     ),
     resume: str = typer.Option(None, "--resume", help="continue the night with this tag"),
+    continue_from: str = typer.Option(
+        None,
+        "--continue",
+        help="a new night that starts from that night's best run (its baseline, measured again), with what "
+        "it learned: its research memory and the changes it tried; its model kind, experiment and dataset "
+        "unless given",
+    ),
     max_runs: int = typer.Option(None, "--max-runs", help="stop after this many runs (baseline included)"),
     replay: Path = REPLAY_OPTION,
     dataset: Path = DATASET_OPTION,
@@ -139,6 +150,10 @@ def run(
         storage=storage.resolve() if storage is not None else None,
         backlog=backlog,
     )
+    if resume and continue_from:
+        raise WorldloopError(
+            "--resume goes on with a night, --continue starts a new one from it: one of them"
+        )
     if resume:
         info = NightInfo.read(NightPaths(root, resume))
         if info is None:
@@ -148,7 +163,7 @@ def run(
             tag=resume,
             budget_s=info.budget_s,
             per_run_s=info.per_run_s,
-            dataset=Path(info.dataset or dataset),
+            dataset=Path(info.dataset or dataset or DEFAULT_DATASET),
             model_kinds=tuple(info.model_kind.split("+")),
             grace_s=_seconds(grace, "--grace") if grace else None,
             max_runs=max_runs,
@@ -162,9 +177,16 @@ def run(
     else:
         if baseline_seeds < 1:
             raise WorldloopError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
+        if continue_from:  # said before anything is created; its settings unless given
+            continuation(root, continue_from)
+            before = NightInfo.read(NightPaths(root, continue_from))
+            model_kind = model_kind or {"+".join(v): k for k, v in KINDS.items()}.get(before.model_kind)
+            experiment = experiment or before.experiment
+            dataset = dataset or (Path(before.dataset) if before.dataset else None)
         if experiment is not None:
             experiment, model_kind = _night_experiment(root, experiment, model_kind)
         model_kind = model_kind or "dit"
+        dataset = dataset or DEFAULT_DATASET
         if model_kind not in KINDS:
             raise WorldloopError(f"--model-kind must be one of {', '.join(KINDS)}, got {model_kind!r}")
         settings = NightSettings(
@@ -172,13 +194,16 @@ def run(
             tag=tag or _new_tag(root),
             budget_s=_seconds(budget, "--budget"),
             per_run_s=_seconds(per_run, "--per-run"),
-            dataset=(root / dataset) if not dataset.is_absolute() else dataset,
+            dataset=(root / dataset)
+            if not (dataset := dataset or DEFAULT_DATASET).is_absolute()
+            else dataset,
             model_kinds=KINDS[model_kind],
             grace_s=_seconds(grace, "--grace") if grace else None,
             max_runs=max_runs,
             eval_samples=eval_samples,
             baseline_seeds=baseline_seeds,
             experiment=experiment,
+            continues=continue_from,
             **scale,
         )
         agent_name, agent_model = agent or default_agent(), model

@@ -83,8 +83,9 @@ class Workspace:
         return f"harness/{self.tag}"
 
     @classmethod
-    def create(cls, project: Path, tag: str, path: Path) -> Workspace:
-        """A new worktree on a new branch `harness/<tag>` at the project's HEAD."""
+    def create(cls, project: Path, tag: str, path: Path, start: str = "HEAD") -> Workspace:
+        """A new worktree on a new branch `harness/<tag>` at the project's HEAD (or at `start`, the best
+        commit of a night it continues)."""
         main = _repo(project)
         branch = f"harness/{tag}"
         if branch in [h.name for h in main.heads]:
@@ -92,7 +93,7 @@ class Workspace:
         if not main.head.is_valid():
             raise WorkspaceError(f"{project} has no commits yet; commit the project first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        main.git.worktree("add", "-b", branch, str(path), "HEAD")
+        main.git.worktree("add", "-b", branch, str(path), start)
         return cls(project, tag, path)
 
     @classmethod

@@ -204,6 +204,11 @@ class CorruptReplyError(FeetechError):
     """A reply arrived but cannot be trusted: bad checksum, wrong servo id, wrong length, only noise."""
 
 
+class WriteStallError(FeetechError):
+    """The request could not be written within the write timeout: the adapter or the machine stalled (a
+    transient state, retried like a lost reply; nothing was read, so no value can be wrong)."""
+
+
 class ServoStatusError(FeetechError):
     """The servo answered and reports a fault in its error byte (it did execute the instruction)."""
 
@@ -379,7 +384,7 @@ class FeetechBus:
                     result = attempt()
                     self._in_step = True
                     return result
-            except (NoReplyError, CorruptReplyError) as err:
+            except (NoReplyError, CorruptReplyError, WriteStallError) as err:
                 if n + 1 == tries:
                     raise type(err)(
                         f"{err} (after {tries} attempt{'s' * (tries > 1)})", err.servo_id
@@ -407,7 +412,7 @@ class FeetechBus:
         try:
             self._serial.write(packet)
         except serial.SerialTimeoutException as err:
-            raise FeetechError(f"writing to servo bus {self.port} timed out: {err}") from err
+            raise WriteStallError(f"writing to servo bus {self.port} timed out: {err}") from err
 
     def _drain(self) -> None:
         """Read and drop input until none arrives for a whole reply timeout: the replies still in flight

@@ -49,6 +49,7 @@ LONG_FIRST = (
     "tests/test_night_process.py",
     "tests/test_ray.py",
     "tests/test_parallel.py",
+    "tests/test_nights.py",
     "tests/test_center.py",
     "tests/test_train.py",
     "tests/test_budget.py",

@@ -18,7 +18,7 @@ def night(tmp_path: Path, diffs: dict[str, str]) -> NoveltyIndex:
     for run_id, diff in diffs.items():
         (tmp_path / run_id).mkdir()
         (tmp_path / run_id / "proposal.diff").write_text(diff)
-    return NoveltyIndex(tmp_path)
+    return NoveltyIndex()
 
 
 def test_changed_lines_ignore_whitespace_and_comments_and_know_their_file():
@@ -34,7 +34,11 @@ def test_changed_lines_ignore_whitespace_and_comments_and_know_their_file():
 
 def test_the_same_change_in_other_words_is_a_near_duplicate_and_another_value_is_not(tmp_path: Path):
     index = night(tmp_path, {"n-001": LR.format("3e-3"), "n-002": CODE.format(" * 2")})
-    earlier = [("n-000", "baseline"), ("n-001", "a higher learning rate"), ("n-002", "double the norm")]
+    earlier = [
+        (tmp_path / "n-000", "baseline"),
+        (tmp_path / "n-001", "a higher learning rate"),
+        (tmp_path / "n-002", "double the norm"),
+    ]
     again = index.compare(LR.format("3e-3"), "train faster with lr 3e-3", earlier)
     assert again.closest == "n-001" and again.duplicate and DUPLICATE <= again.similarity < 1.0
     assert again.score == round(1 - again.similarity, 4)
@@ -49,7 +53,7 @@ def test_the_same_change_in_other_words_is_a_near_duplicate_and_another_value_is
 
 def test_a_near_duplicate_says_what_the_run_it_repeats_gave(tmp_path: Path):
     index = night(tmp_path, {"n-001": LR.format("3e-3")})
-    novelty = index.compare(LR.format("3e-3"), "lr 3e-3", [("n-001", "lr 3e-3")])
+    novelty = index.compare(LR.format("3e-3"), "lr 3e-3", [(tmp_path / "n-001", "lr 3e-3")])
     tried = RunRecord(
         run_id="n-001",
         index=1,

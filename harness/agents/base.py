@@ -118,6 +118,7 @@ class AgentContext:
     rules: str = ""  # LOOP.md: the same all night, so an LLM agent can cache it across runs
     extra: dict[str, Any] = field(default_factory=dict)
     in_flight: list[InFlight] = field(default_factory=list)  # runs training now (parallel nights)
+    earlier: list[RunRecord] = field(default_factory=list)  # the runs of the nights this one continues
 
 
 class Agent(ABC):

@@ -442,6 +442,8 @@ class _ProposalInputs:
             if isinstance(run.meta.get("params"), dict)
         ]
         points = _history_points(context.history, space, experiments, default.kind)
+        earlier = [r for r in context.earlier if not r.is_baseline]  # the nights it continues: tried too
+        points += _history_points(earlier, space, experiments, default.kind)
         return cls(space, experiments, points, in_flight)
 
 
