@@ -159,6 +159,7 @@ class RunRecord(BaseModel):
     novelty: float | None = None  # 1 - its similarity to the closest earlier proposal (harness/novelty.py)
     similar_to: str | None = None  # that closest earlier run
     sent_back: str | None = None  # why its first proposal was sent back to the agent (a near-duplicate)
+    revisit_of: str | None = None  # the earlier run it retries on purpose (harness/plateau.py)
     error_tail: str | None = None
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime = Field(default_factory=now)
@@ -214,6 +215,9 @@ class NightInfo(BaseModel):
     spent_s: float | None = None  # wall clock of the budget spent so far (None: an older night's file)
     experiment: str | None = None  # `--experiment`: its kind's config in place of experiments/<kind>.toml
     continues: str | None = None  # `--continue`: the night whose best run this one started from
+    plateau_after: int | None = (
+        None  # `--plateau`: runs without a keep that make a plateau (else its default)
+    )
 
     def experiment_of(self, kind: str) -> str:
         """The experiment config a model kind trains with by default this night, and whose task (canvas,

@@ -62,6 +62,7 @@ from harness.novelty import NearDuplicate, Novelty, NoveltyIndex
 from harness.painter import Painter
 from harness.paths import NightPaths, run_id_for
 from harness.pinned import ALLOWED_TEXT, extract_judge
+from harness.plateau import PlateauState, night_plateau, revisit_candidates, runs_since_keep
 from harness.secrets import RedactingStream
 from harness.steering import Steering, steering_for
 from harness.trees import export_tree
@@ -184,6 +185,9 @@ class NightSettings:
     gpus_per_run: float | None = None  # each run's GPUs (default: local workers share the machine's equally)
     experiment: str | None = None  # `--experiment`: the one kind's config in place of experiments/<kind>.toml
     continues: str | None = None  # `--continue`: start from that night's best commit, with what it learned
+    plateau_after: int | None = (
+        None  # runs without a keep that make a plateau (default: plateau.plateau_after)
+    )
 
     @property
     def proposals_ahead(self) -> int:
@@ -214,6 +218,7 @@ class PromptState:
     noise: NoiseFloor
     steering: Steering  # the researcher's guidance and notes (harness/steering.py)
     repeat: str = ""  # why this run's first proposal was sent back (a near-duplicate), for its second try
+    plateau: PlateauState | None = None  # runs without a keep past plateau_after: ask for a structural change
     note_chars: int = NOTE_CHARS  # the most an agent's memory note may hold
     in_flight: list[tuple[str, str]] = field(default_factory=list)  # (run id, hypothesis) not judged yet
 
@@ -260,6 +265,7 @@ class Flight:
     steering: list[str] = field(default_factory=list)  # the researcher's notes its prompt showed
     sent_back: NearDuplicate | None = None  # its first proposal repeated an earlier run: asked once more
     novelty: Novelty | None = None  # its proposal against the earlier ones, once committed
+    revisit_of: str | None = None  # the earlier run its proposal retries on purpose (harness/plateau.py)
     spent: TokenUse = field(default_factory=TokenUse)  # what a proposal sent back had cost
     tree: Path | None = None  # its commit's files, where its jobs run
     queued: list[Job] = field(default_factory=list)  # jobs waiting for a worker
@@ -394,6 +400,7 @@ class Night:
                 executor=s.executor,
                 experiment=s.experiment,
                 continues=s.continues,
+                plateau_after=s.plateau_after,
             )
         self.info.write(paths)
         self.earlier = night_chain(paths.root, self.info.continues)  # what the nights before it tried
@@ -639,6 +646,8 @@ class Night:
         run, run_dir = flight.run, self.paths.run_dir(flight.run_id)
         experiment = proposal.experiment or self._experiment
         flight.hypothesis = proposal.hypothesis
+        eligible = {r.run_id for r, _ in revisit_candidates(self.records, best_run(self.records))}
+        flight.revisit_of = proposal.revisit if proposal.revisit in eligible else None
         record = dict(
             run_id=run.run_id,
             index=run.index,
@@ -649,6 +658,7 @@ class Night:
             experiment=experiment,
             tokens=proposal.tokens + flight.spent,
             sent_back=str(flight.sent_back) if flight.sent_back else None,
+            revisit_of=flight.revisit_of,
             agent_meta=proposal.meta,
             memory=proposal.memory,
             steering=flight.steering,
@@ -722,7 +732,7 @@ class Night:
             (run_dir(f.run_id), f.hypothesis) for f in self.flights.values() if f is not flight and f.pending
         ]
         novelty = self.novelty.compare(diff, hypothesis, earlier)
-        if novelty.duplicate:
+        if novelty.duplicate and novelty.closest != flight.revisit_of:  # a revisit repeats on purpose, once
             repeated = next((r for r in self.earlier + self.records if r.run_id == novelty.closest), None)
             raise NearDuplicate(novelty, repeated)
         return novelty
@@ -1144,6 +1154,7 @@ class Night:
             memory=self.memory.write(self.earlier + records),
             steering=steering,
             repeat=str(flight.sent_back) if flight.sent_back else "",
+            plateau=self._plateau(records, best),
             feedback=feedback,
             noise=night_noise(records),
             in_flight=[(f.run_id, f.hypothesis) for f in in_flight],
@@ -1173,6 +1184,11 @@ class Night:
                 for f in in_flight
             ],
         )
+
+    def _plateau(self, records: list[RunRecord], best: RunRecord | None) -> PlateauState | None:
+        after = self.settings.plateau_after or night_plateau(self.info)
+        since = runs_since_keep(records)
+        return PlateauState(since, after, revisit_candidates(records, best)) if since >= after else None
 
     def _base_tree(self, commit: str) -> Path:
         """The files of `commit` for the agents proposing on it: one read-only copy for all of them (128

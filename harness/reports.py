@@ -53,6 +53,7 @@ from harness.ledger import (
     now,
 )
 from harness.paths import NightPaths
+from harness.plateau import night_plateau, plateaus
 from harness.steering import SteeringNote, read_notes
 from models.config import read_config
 
@@ -465,6 +466,17 @@ class NightView:
             return None
         busy = sum(t.train_s + t.eval_s for r in self.records for t in r.trials)
         return min(1.0, busy / (self.info.workers * self.elapsed_s))
+
+    @property
+    def plateaus(self) -> list[tuple[str, str]]:
+        """Stretches of the night with no kept run, as long as a plateau (harness/plateau.py) or longer."""
+        if self.info is None:
+            return []
+        return plateaus(self.records, night_plateau(self.info))
+
+    @property
+    def revisits(self) -> list[RunRecord]:
+        return [r for r in self.records if r.revisit_of]
 
     @property
     def repeats(self) -> tuple[int, int]:

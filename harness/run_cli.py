@@ -95,6 +95,12 @@ def run(
         help="the night's config for its kind instead of experiments/<kind>.toml, e.g. "
         "experiments/dit_224.toml: runs change it and are judged on its task (canvas, data)",
     ),
+    plateau: int = typer.Option(
+        None,
+        "--plateau",
+        help="runs without a kept improvement after which the agent is asked for a structural change "
+        "(default: an eighth of the runs the night expects, 4 to 20)",
+    ),
     resume: str = typer.Option(None, "--resume", help="continue the night with this tag"),
     continue_from: str = typer.Option(
         None,
@@ -129,6 +135,8 @@ def run(
 ) -> None:
     """Run the overnight loop: propose, commit, train, judge, report, until the budget ends."""
     root = root.resolve()
+    if plateau is not None and plateau < 1:
+        raise WorldloopError(f"--plateau must be at least 1, got {plateau}")
     if executor not in ("local", "ray"):
         raise WorldloopError(f"--executor must be local or ray, got {executor!r}")
     if workers < 1:
@@ -147,6 +155,7 @@ def run(
         cpus_per_run=cpus_per_run,
         gpus_per_run=gpus_per_run,
         address=address,
+        plateau_after=plateau,
         storage=storage.resolve() if storage is not None else None,
         backlog=backlog,
     )

@@ -129,7 +129,9 @@ def loop_night(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> N
     timeout. Read-only for its users, except promotion (checkpoints/) and re-rendered reports."""
     root = make_project(tmp_path_factory.mktemp("night"))
     replay = write_replay(root.parent / "proposals.jsonl", PROPOSALS)
-    settings = tiny_night(root, "t", small_cache, eval_samples=48, max_runs=len(EXPECTED), baseline_seeds=2)
+    settings = tiny_night(
+        root, "t", small_cache, eval_samples=48, max_runs=len(EXPECTED), baseline_seeds=2, plateau_after=5
+    )
     info = Night(settings, ReplayAgent(replay)).run()
     assert info.end_reason == f"--max-runs {len(EXPECTED)} reached"
     return NightPaths(root, "t")

@@ -22,10 +22,10 @@ from tests.helpers import ROOT, write_config
 
 ONE_CORE = [min(os.sched_getaffinity(0))]
 
-RUSAGE_UNDER_S = 0.25
-"""How far under an RLIMIT_CPU limit a killed process's rusage may read: the kernel enforces the limit on
-its scheduler's clock, rusage reports tick-sampled time scaled to it (seen on this machine, loaded: 0.10,
-0.11 and 0.12 s under limits of 1, 2 and 4 s)."""
+RUSAGE_READS = 0.85
+"""How far under an RLIMIT_CPU limit a killed process's rusage may read, as a share of the limit: the
+kernel enforces the limit on its scheduler's clock, rusage reports tick-sampled time scaled to it (seen on
+this machine under load: 0.90, 1.88, 3.89 and 3.75 s for limits of 1, 2, 4 and 4 s)."""
 
 
 def metrics_of(run: Path) -> dict:
@@ -106,8 +106,8 @@ def test_cpu_limit_kills_a_runaway_training_with_the_reason(burner: Path, tmp_pa
     result = executor._run("training", ["burn"], tmp_path / "burn.log", timeout_s=300.0, cpu_limit_s=1.0)
     assert not result.ok and result.status == RunStatus.CRASH
     assert result.reason.startswith(CPU_LIMIT_REASON), result.reason
-    # stopped at the limit by the kernel, not later (rusage reads a little under it: RUSAGE_UNDER_S)
-    assert result.cpu_s is not None and 1.0 - RUSAGE_UNDER_S < result.cpu_s < 1.5
+    # stopped at the limit by the kernel, not later (rusage reads a little under it: RUSAGE_READS)
+    assert result.cpu_s is not None and RUSAGE_READS * 1.0 < result.cpu_s < 1.5
     assert not list(burner.glob("core*"))  # SIGXCPU dumps core by default; not into the worktree
 
 
@@ -119,7 +119,7 @@ def test_a_training_deaf_to_sigxcpu_is_killed_a_margin_later(
     result = executor._run("training", ["burn", "deaf"], tmp_path / "b.log", timeout_s=300.0, cpu_limit_s=1.0)
     assert result.status == RunStatus.CRASH and result.reason.startswith(CPU_LIMIT_REASON), result.reason
     # SIGKILL at the hard limit (soft + margin = 2 s), not at the soft one
-    assert result.cpu_s is not None and 2.0 - RUSAGE_UNDER_S < result.cpu_s < 2.5
+    assert result.cpu_s is not None and RUSAGE_READS * 2.0 < result.cpu_s < 2.5
 
 
 def test_an_edited_loop_that_ignores_its_budget_is_stopped_by_the_harness(
@@ -140,7 +140,7 @@ def test_an_edited_loop_that_ignores_its_budget_is_stopped_by_the_harness(
     result = executor.train(str(config), tmp_path / "run", 1.0, grace_s=3.0, seed=1, timeout_s=300.0)
     assert result.status == RunStatus.CRASH, result.tail
     assert result.reason.startswith(CPU_LIMIT_REASON) and "limit is 4" in result.reason
-    assert result.cpu_s is not None and limit - RUSAGE_UNDER_S < result.cpu_s < limit + 1.0
+    assert result.cpu_s is not None and RUSAGE_READS * limit < result.cpu_s < limit + 1.0
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 

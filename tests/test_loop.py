@@ -194,6 +194,19 @@ def test_a_repeated_change_is_sent_back_once_with_the_earlier_result_then_not_tr
     assert 0.0 < records[3].novelty < 1.0 and records[3].similar_to in ("t-001", "t-002")  # residual again
 
 
+def test_a_plateau_asks_for_a_structural_change_and_lists_what_may_be_revisited(night: NightPaths):
+    """The night's plateau is 5 runs (tests/conftest.py): t-004 to t-008 kept nothing after t-003."""
+    assert "## A plateau" not in (night.run_dir("t-008") / "prompt.md").read_text()
+    prompt = (night.run_dir("t-009") / "prompt.md").read_text()
+    plateau = prompt.split("## A plateau: 5 runs since the last kept improvement")[1].split("\n## ")[0]
+    assert "Propose a structural change" in plateau
+    assert (
+        "- t-001: residual, but odd seeds are ruined (a near-miss: it cleared the bar on one seed" in plateau
+    )
+    assert "- t-002: residual, but odd seeds crash" in plateau and "t-004" not in plateau
+    assert "| plateaus | t-004 to t-010 without a kept run" in night.summary.read_text()
+
+
 # ------------------------------------------------------------ promoting the night's runs
 
 

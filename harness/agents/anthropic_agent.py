@@ -272,12 +272,16 @@ TOOLS: list[dict[str, Any]] = [
                 },
                 "edits": {"type": "array", "items": _EDIT_SCHEMA},
                 "memory": {"type": "array", "items": _MEMORY_SCHEMA},
+                "revisit": {
+                    "type": "string",
+                    "description": "Only to retry a run the prompt lists as a revisit candidate: its id.",
+                },
             },
             "required": ["hypothesis", "edits"],
         },
     },
 ]
-PROPOSE_FIELDS = {"hypothesis", "rationale", "experiment", "edits", "memory"}
+PROPOSE_FIELDS = {"hypothesis", "rationale", "experiment", "edits", "memory", "revisit"}
 
 INSTRUCTIONS = """\
 You are the research agent of worldloop, an overnight harness that improves action-conditioned robot world

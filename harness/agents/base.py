@@ -80,6 +80,9 @@ class Proposal(BaseModel):
         default_factory=list,
         description="Edits of the night's research memory: notes to add (bounded), earlier notes to forget.",
     )
+    revisit: str | None = Field(
+        None, description="The run id of a near-miss or an idea whose premise changed that this retries once."
+    )
     tokens: TokenUse = Field(default_factory=TokenUse)
     meta: dict[str, Any] = Field(
         default_factory=dict,

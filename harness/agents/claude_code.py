@@ -90,6 +90,7 @@ _MEMORY = re.compile(
     r"[*_ \t]*(?P<text>\S.*?)[*_ \t]*$",
     re.IGNORECASE | re.MULTILINE,
 )
+_REVISIT = re.compile(r"^[ \t>*_#-]*revisit[*_ \t]*:[*_ \t`]*(?P<id>[\w.-]+-\d{3,})\b.*$", re.I | re.M)
 _FORGET = re.compile(r"^[ \t>*_#-]*forget[*_ \t]*:[*_ \t]*(?P<id>N\d+)\b.*$", re.IGNORECASE | re.MULTILINE)
 
 WORK_RULES = """\
@@ -107,6 +108,7 @@ EXPERIMENT: experiments/<name>.toml
 then, for each lesson the research memory should keep, a line
 MEMORY <principle|dead end|question>: <the lesson, at most {note_chars} characters>
 and for each memory note that no longer holds, a line FORGET: N<id>
+and, only to retry a run the prompt lists as a revisit candidate, a line REVISIT: <its run id>
 then a short rationale."""
 
 
@@ -400,6 +402,8 @@ class ClaudeCodeAgent(Agent):
         tokens, meta = tokens_from_result(result), self._meta(result)
         text = result.get("result") if isinstance(result.get("result"), str) else ""
         memory, text = parse_memory(text)
+        revisit = _REVISIT.search(text)
+        text = _REVISIT.sub("", text)
         hypothesis, experiment, rationale = parse_result_text(text)
         if not edits and experiment is None:
             raise AgentError(
@@ -418,6 +422,7 @@ class ClaudeCodeAgent(Agent):
             edits=edits,
             experiment=experiment,
             memory=memory,
+            revisit=revisit.group("id") if revisit else None,
             tokens=tokens,
             meta=meta,
         )
