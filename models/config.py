@@ -99,6 +99,20 @@ class TrainConfig(_Strict):
     seed: int = 0
     compile: bool = Field(False, description="torch.compile the model (CUDA only; ignored on CPU).")
     log_every_s: float = Field(5.0, gt=0, description="Seconds between train_log.csv rows.")
+    schedule: Literal["cosine", "plateau"] = Field(
+        "cosine",
+        description="After warmup: cosine decay over the budget, or plateau: the lr cut by plateau_factor "
+        "whenever plateau_patience log windows pass without a lower training loss (floor lr * min_lr_ratio).",
+    )
+    plateau_patience: int = Field(3, ge=1, description="Log windows without a better loss before a cut.")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="What a plateau cut multiplies the lr by.")
+    subset_start: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Train on a growing subset: this share of the train split (a fixed random order) at "
+        "the start, growing linearly to all of it by the end of the budget; 1 trains on all of it throughout",
+    )
 
 
 class ExperimentConfig(_Strict):

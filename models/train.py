@@ -171,12 +171,40 @@ class BudgetClock:
         return self.used / self.budget if self.budget > 0 else 1.0
 
 
-def learning_rate(train: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup by steps, then cosine by the fraction of the budget used (on the budget's clock)."""
+def learning_rate(train: TrainConfig, step: int, progress: float, cuts: int = 0) -> float:
+    """Linear warmup by steps, then (schedule cosine) cosine by the fraction of the budget used, on the
+    budget's clock, or (schedule plateau) the lr cut `cuts` times by plateau_factor, never below
+    lr * min_lr_ratio."""
     if step < train.warmup_steps:
         return train.lr * (step + 1) / train.warmup_steps
+    if train.schedule == "plateau":
+        return train.lr * max(train.min_lr_ratio, train.plateau_factor**cuts)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return train.lr * (train.min_lr_ratio + (1.0 - train.min_lr_ratio) * cosine)
+
+
+class PlateauCuts:
+    """Reduce-on-plateau without a validation set in the loop: a window's mean training loss that is not
+    the best yet, `patience` windows in a row, cuts the lr once more."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.waited, self.cuts = patience, math.inf, 0, 0
+
+    def window(self, mean_loss: float) -> int:
+        if mean_loss < self.best:
+            self.best, self.waited = mean_loss, 0
+        else:
+            self.waited += 1
+            if self.waited >= self.patience:
+                self.cuts, self.waited = self.cuts + 1, 0
+        return self.cuts
+
+
+def subset_size(train: TrainConfig, count: int, progress: float) -> int:
+    """How many canvases (of `count`) a step samples from: `subset_start` of them at the start, all of them
+    by the end of the budget."""
+    share = train.subset_start + (1.0 - train.subset_start) * min(max(progress, 0.0), 1.0)
+    return max(1, min(count, math.ceil(count * share)))
 
 
 class EMA:
@@ -252,6 +280,9 @@ def train(
         else torch.autocast("cpu", enabled=False)
     )
     generator = torch.Generator().manual_seed(tc.seed)
+    plateau = PlateauCuts(tc.plateau_patience)
+    # A growing subset is a prefix of one random order of the split; training on all of it draws as before.
+    order = torch.randperm(len(canvases), generator=generator) if tc.subset_start < 1 else None
 
     log_file = open(out / "train_log.csv", "w", newline="")  # noqa: SIM115 - closed in finally
     log = csv.writer(log_file)
@@ -273,10 +304,14 @@ def train(
     try:
         with progress:
             while not budget.spent:
-                lr = learning_rate(tc, step, budget.progress)
+                lr = learning_rate(tc, step, budget.progress, plateau.cuts)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
+                if order is None:
+                    index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
+                else:
+                    active = subset_size(tc, len(canvases), budget.progress)
+                    index = order[torch.randint(active, (tc.batch_size,), generator=generator)]
                 batch = to_tensor(canvases[index], device)
                 with autocast:
                     loss = loss_fn(batch, actions[index].to(device))
@@ -306,6 +341,7 @@ def train(
                     rate = (samples - last_samples) / max(wall - last_wall, 1e-9)
                     log_row(f"{window_loss / window_steps:.6f}", f"{lr:.3e}", f"{rate:.1f}")
                     log_file.flush()
+                    plateau.window(window_loss / window_steps)
                     window_loss, window_steps = 0.0, 0
                     last_log, last_wall, last_samples = elapsed, wall, samples
                     progress.update(task, completed=elapsed, loss=smoothed, rate=rate)

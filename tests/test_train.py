@@ -17,7 +17,7 @@ from models.errors import EXIT_NAN, ConfigError, DatasetError
 from models.evaluate import evaluate_run
 from models.openmp import DEFAULT_THREADS
 from models.task import Task
-from models.train import learning_rate
+from models.train import PlateauCuts, learning_rate, subset_size
 from models.world_model import to_tensor
 from tests.helpers import run_module, run_train, write_config
 
@@ -150,6 +150,49 @@ def test_learning_rate_warms_up_then_follows_the_budget():
     assert learning_rate(train, 10, 0.0) == pytest.approx(1e-3)
     assert learning_rate(train, 500, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert learning_rate(train, 900, 1.0) == pytest.approx(1e-4)
+
+
+def test_a_plateau_schedule_cuts_the_lr_after_patience_windows_without_a_better_loss():
+    train = ExperimentConfig().train.model_copy(
+        update={
+            "lr": 1e-3,
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.1,
+            "schedule": "plateau",
+            "plateau_factor": 0.5,
+        }
+    )
+    cuts = PlateauCuts(patience=2)
+    assert [cuts.window(loss) for loss in (1.0, 0.9, 0.95, 0.92, 0.8, 0.85, 0.81, 0.9)] == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        2,
+        2,
+    ]
+    assert [learning_rate(train, 100, 0.9, c) for c in (0, 1, 2, 5)] == pytest.approx(
+        [1e-3, 5e-4, 2.5e-4, 1e-4]
+    )
+
+
+def test_a_growing_subset_starts_at_its_share_and_ends_with_the_whole_split():
+    train = ExperimentConfig().train.model_copy(update={"subset_start": 0.25})
+    assert [subset_size(train, 100, p) for p in (0.0, 0.5, 1.0, 1.5)] == [25, 63, 100, 100]
+    assert subset_size(train.model_copy(update={"subset_start": 0.001}), 10, 0.0) == 1
+
+
+def test_training_with_the_plateau_schedule_and_a_growing_subset(small_cache: Path, tmp_path: Path):
+    """A learning rate that learns nothing: the training loss stops improving, and the lr is cut."""
+    options = {"schedule": "plateau", "plateau_patience": 1, "subset_start": 0.3, "lr": 1e-30}
+    config = write_config(tmp_path / "p.toml", small_cache, warmup_steps=0, log_every_s=0.05, **options)
+    result = run_train(config, tmp_path / "run", budget="1s")
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "run" / "train_log.csv", newline="") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f) if row["lr"]]
+    assert lrs[0] == pytest.approx(1e-30) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-30
 
 
 def test_durations():
