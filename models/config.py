@@ -106,6 +106,18 @@ class TrainConfig(_Strict):
     )
     plateau_patience: int = Field(3, ge=1, description="Log windows without a better loss before a cut.")
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="What a plateau cut multiplies the lr by.")
+    stop_on_divergence: bool = Field(
+        False,
+        description="Hold out holdout_share of the train split; stop when its loss has not improved for "
+        "divergence_patience log windows while the training loss kept falling (overfitting), and keep the "
+        "weights of its best window.",
+    )
+    holdout_share: float = Field(
+        0.05, gt=0, lt=0.5, description="Of the train split, for stop_on_divergence."
+    )
+    divergence_patience: int = Field(
+        3, ge=1, description="Log windows of a rising holdout loss before a stop."
+    )
     subset_start: float = Field(
         1.0,
         gt=0,

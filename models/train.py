@@ -200,6 +200,41 @@ class PlateauCuts:
         return self.cuts
 
 
+class Divergence:
+    """Stopping when training and held-out losses part ways: the held-out loss has not improved for
+    `patience` checks while the training loss is below where it stood at the held-out best. Keeps a copy of
+    the weights (and the EMA's) at the held-out best, which the run then saves."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.waited, self.train_at_best = patience, math.inf, 0, math.inf
+        self.weights: list[dict[str, torch.Tensor]] | None = None
+
+    def check(self, held_out: float, train_loss: float, models: list[torch.nn.Module]) -> bool:
+        """Record one check; True when training should stop."""
+        if held_out < self.best:
+            self.best, self.waited, self.train_at_best = held_out, 0, train_loss
+            self.weights = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+            return False
+        self.waited += 1
+        return self.waited >= self.patience and train_loss < self.train_at_best
+
+    def restore(self, models: list[torch.nn.Module]) -> None:
+        for model, weights in zip(models, self.weights or [], strict=False):
+            model.load_state_dict(weights)
+
+
+HOLDOUT_BATCH = 64  # held-out canvases scored at each check, with the same noise every time
+
+
+@torch.no_grad()
+def held_out_loss(
+    model: WorldModel, canvases: torch.Tensor, actions: torch.Tensor, device: torch.device
+) -> float:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return float(model.loss(to_tensor(canvases, device), actions.to(device)))
+
+
 def subset_size(train: TrainConfig, count: int, progress: float) -> int:
     """How many canvases (of `count`) a step samples from: `subset_start` of them at the start, all of them
     by the end of the budget."""
@@ -281,8 +316,18 @@ def train(
     )
     generator = torch.Generator().manual_seed(tc.seed)
     plateau = PlateauCuts(tc.plateau_patience)
-    # A growing subset is a prefix of one random order of the split; training on all of it draws as before.
-    order = torch.randperm(len(canvases), generator=generator) if tc.subset_start < 1 else None
+    divergence = Divergence(tc.divergence_patience) if tc.stop_on_divergence else None
+    pool = held = None  # the canvases a step draws from: every one, unless some are held out
+    if divergence is not None:
+        shuffled = torch.randperm(len(canvases), generator=torch.Generator().manual_seed(tc.seed + 1))
+        cut = max(1, int(len(canvases) * tc.holdout_share))
+        held, pool = shuffled[:cut][:HOLDOUT_BATCH], shuffled[cut:]
+    # A growing subset is a prefix of one random order of the pool; training on all of it draws as before.
+    order = pool
+    if tc.subset_start < 1:
+        base = pool if pool is not None else torch.arange(len(canvases))
+        order = base[torch.randperm(len(base), generator=generator)]
+    stopped_at = None
 
     log_file = open(out / "train_log.csv", "w", newline="")  # noqa: SIM115 - closed in finally
     log = csv.writer(log_file)
@@ -310,7 +355,7 @@ def train(
                 if order is None:
                     index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
                 else:
-                    active = subset_size(tc, len(canvases), budget.progress)
+                    active = subset_size(tc, len(order), budget.progress)
                     index = order[torch.randint(active, (tc.batch_size,), generator=generator)]
                 batch = to_tensor(canvases[index], device)
                 with autocast:
@@ -339,12 +384,20 @@ def train(
                 if (elapsed := budget.elapsed) - last_log >= tc.log_every_s:
                     wall = time.perf_counter()
                     rate = (samples - last_samples) / max(wall - last_wall, 1e-9)
-                    log_row(f"{window_loss / window_steps:.6f}", f"{lr:.3e}", f"{rate:.1f}")
+                    mean = window_loss / window_steps
+                    log_row(f"{mean:.6f}", f"{lr:.3e}", f"{rate:.1f}")
                     log_file.flush()
-                    plateau.window(window_loss / window_steps)
                     window_loss, window_steps = 0.0, 0
                     last_log, last_wall, last_samples = elapsed, wall, samples
                     progress.update(task, completed=elapsed, loss=smoothed, rate=rate)
+                    plateau.window(mean)
+                    if divergence is not None and held is not None:
+                        models = [model, ema.model] if ema else [model]
+                        held_loss = held_out_loss(models[-1], canvases[held], actions[held], device)
+                        if divergence.check(held_loss, mean, models):
+                            divergence.restore(models)  # the weights of the best held-out check
+                            stopped_at = step
+                            break
             progress.update(task, completed=budget_s)
     finally:
         if window_steps:
@@ -386,6 +439,8 @@ def train(
             "load_end": None if end.load is None else round(end.load, 2),
             "others_cores": None if others is None else round(others, 3),
             "seed": tc.seed,
+            "stopped_at_step": stopped_at,  # stop_on_divergence: where it stopped (None: the budget ended)
+            "held_out_loss": divergence.best if divergence is not None and divergence.weights else None,
             "final_loss": smoothed,
             "val_loss": val_loss,
             "parameters": model.num_parameters(),

@@ -17,7 +17,7 @@ from models.errors import EXIT_NAN, ConfigError, DatasetError
 from models.evaluate import evaluate_run
 from models.openmp import DEFAULT_THREADS
 from models.task import Task
-from models.train import PlateauCuts, learning_rate, subset_size
+from models.train import Divergence, PlateauCuts, learning_rate, subset_size
 from models.world_model import to_tensor
 from tests.helpers import run_module, run_train, write_config
 
@@ -193,6 +193,35 @@ def test_training_with_the_plateau_schedule_and_a_growing_subset(small_cache: Pa
     with open(tmp_path / "run" / "train_log.csv", newline="") as f:
         lrs = [float(row["lr"]) for row in csv.DictReader(f) if row["lr"]]
     assert lrs[0] == pytest.approx(1e-30) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-30
+
+
+def test_divergence_stops_when_held_out_loss_stalls_while_training_loss_falls_and_keeps_the_best():
+    model = torch.nn.Linear(2, 1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    divergence = Divergence(patience=2)
+    assert not divergence.check(1.0, 1.0, [model])  # the best held-out check: its weights are kept
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not divergence.check(1.1, 0.9, [model])
+    assert divergence.check(1.2, 0.8, [model])  # 2 checks without a better held-out loss, training better
+    divergence.restore([model])
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    stalled = Divergence(patience=1)
+    assert not stalled.check(1.0, 1.0, [model]) and not stalled.check(1.1, 1.2, [model])  # both worse: no
+
+
+def test_training_stops_on_divergence_with_the_held_out_loss_in_its_metrics(
+    small_cache: Path, tmp_path: Path
+):
+    """A learning rate that learns nothing: the held-out loss (fixed noise) never improves on its first
+    check, and the noisy training loss soon dips below its first window's: the run stops early."""
+    options = {"stop_on_divergence": True, "divergence_patience": 1, "holdout_share": 0.2, "lr": 1e-30}
+    config = write_config(tmp_path / "d.toml", small_cache, warmup_steps=0, log_every_s=0.05, **options)
+    result = run_train(config, tmp_path / "run", budget="2s")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped_at_step"] is not None and 0 < metrics["stopped_at_step"] < metrics["steps"] + 1
+    assert metrics["held_out_loss"] > 0 and metrics["cpu_seconds"] < 2.0
 
 
 def test_durations():
