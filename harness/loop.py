@@ -185,9 +185,7 @@ class NightSettings:
     gpus_per_run: float | None = None  # each run's GPUs (default: local workers share the machine's equally)
     experiment: str | None = None  # `--experiment`: the one kind's config in place of experiments/<kind>.toml
     continues: str | None = None  # `--continue`: start from that night's best commit, with what it learned
-    plateau_after: int | None = (
-        None  # runs without a keep that make a plateau (default: plateau.plateau_after)
-    )
+    plateau_after: int | None = None  # `--plateau`: runs without a keep that make a plateau
 
     @property
     def proposals_ahead(self) -> int:
