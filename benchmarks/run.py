@@ -9,6 +9,7 @@ BENCHMARKS = (
     *("sim_render", "dataset_io", "bus", "world_models", "center"),  # 40 min
     *("parallel", "large_night", "memory"),  # 10 min, 20 min, 2 min
     "night",  # 1 h
+    "continue_night",  # 2 h
 )
 
 
