@@ -1,8 +1,8 @@
 """Steering a night while it runs: `harness steer "<note>"` and the project's GUIDANCE.md.
 
 A researcher who sees the night going astray at midnight should not have to stop it. A note sent with
-`harness steer` is appended to `runs/<tag>/steering.jsonl` (one fsynced line, so the running night and the
-command never write the same file at once); GUIDANCE.md, at the project's root, is standing guidance the
+`harness steer` is appended to `runs/<tag>/steering.jsonl` (one fsynced line; only the command writes the
+file, the night only reads it); GUIDANCE.md, at the project's root, is standing guidance the
 researcher edits at any time. Both are read before every proposal and shown in its prompt, so a note reaches
 the agent at its very next proposal; each run's record lists what its prompt showed (`RunRecord.steering`),
 and the summary lists the notes and the runs that followed them.
