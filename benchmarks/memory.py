@@ -75,18 +75,29 @@ def script(runs: int, steered: threading.Event) -> list:
         else:
             replies.append(propose(f"lr {index + 1}e-30", lr_edit(index + 1)))
     scripted = [message([reply], usage_=usage(1000, 60, 0, 0)) for reply in replies]
-    gate = sum(2 if i in REPEATS else 1 for i in range(1, STEER_AT + 1)) - 1  # run STEER_AT's (last) reply
+    gate = replies_through(STEER_AT) - 1  # run STEER_AT's (last) reply
     scripted[gate] = dataclasses.replace(scripted[gate], gate=steered)
     return scripted
 
 
-def prompt_of(request: dict) -> tuple[int | None, int]:
-    """The run a request proposes for (None when it is not a first request) and its characters."""
-    system = "".join(block.get("text", "") for block in request.get("system", []))
+def prompt_text(request: dict) -> str:
+    """The user text of a request's first message: the prompt of the run it proposes for."""
     first = request["messages"][0]["content"]
-    text = first if isinstance(first, str) else "".join(b.get("text", "") for b in first)
+    return first if isinstance(first, str) else "".join(b.get("text", "") for b in first)
+
+
+def prompt_of(request: dict) -> tuple[int | None, int]:
+    """The run a request proposes for (None when it is not a first request) and its characters (system and
+    user text)."""
+    system = "".join(block.get("text", "") for block in request.get("system", []))
+    text = prompt_text(request)
     match = _RUN.search(text)
     return (int(match.group(1)) if match else None), len(system) + len(text)
+
+
+def replies_through(run: int) -> int:
+    """Scripted replies up to and including run `run`'s: two for a planted repeat (it is sent back)."""
+    return sum(2 if i in REPEATS else 1 for i in range(1, run + 1))
 
 
 def night(work: Path, dataset: Path, runs: int) -> dict:
@@ -97,8 +108,7 @@ def night(work: Path, dataset: Path, runs: int) -> dict:
         paths = NightPaths(root, "m")
 
         def steer_when_asked() -> None:  # while run STEER_AT's proposal is held at the fake API
-            gate = sum(2 if i in REPEATS else 1 for i in range(1, STEER_AT + 1))
-            while len(api.message_requests()) < gate:
+            while len(api.message_requests()) < replies_through(STEER_AT):
                 threading.Event().wait(0.05)
             send_note(paths, NOTE)
             steered.set()
@@ -126,16 +136,11 @@ def night(work: Path, dataset: Path, runs: int) -> dict:
         "repeats_trained": sum(1 for i in REPEATS if not by_index[i].sent_back),
         "no_op": by_index[NO_OP].status,
         "sizes": sizes,
-        "steered": bool(steer_prompts) and "S1, " in prompt_of_text(steer_prompts[0]),
-        "steered_before": any("S1, " in prompt_of_text(r) for r in requests if prompt_of(r)[0] == STEER_AT),
+        "steered": bool(steer_prompts) and "S1, " in prompt_text(steer_prompts[0]),
+        "steered_before": any("S1, " in prompt_text(r) for r in requests if prompt_of(r)[0] == STEER_AT),
         "saw": by_index[STEER_AT + 1].steering,
         "runs": len(records),
     }
-
-
-def prompt_of_text(request: dict) -> str:
-    first = request["messages"][0]["content"]
-    return first if isinstance(first, str) else "".join(b.get("text", "") for b in first)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from harness.durable import atomic_write_text
 from harness.ledger import FAILED, RunRecord, RunStatus
 from harness.paths import NightPaths
+from harness.plateau import relative_change
+from harness.reports import one_line
 
 MEMORY_CHARS = 3000
 """The whole digest, in characters (about 750 tokens): the prompt stops growing once it is full. A full
@@ -94,22 +96,21 @@ def moved_by(diff: str) -> Moved:
     return moved
 
 
+def _percent(value: float | None, reference: float | None) -> str:
+    """`value` against `reference` in percent ("" when either is missing)."""
+    change = relative_change(value, reference)
+    return "" if change is None else f"{change:+.1%}"
+
+
 def _change(record: RunRecord, parent: RunRecord | None) -> str:
-    """The run's val mse against the run it built on, in percent ("" when either has none)."""
-    if record.primary is None or parent is None or not parent.primary:
-        return ""
-    return f"{(record.primary / parent.primary - 1) * 100:+.1f}%"
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    """The run's val mse against the run it built on."""
+    return _percent(record.primary, parent.primary if parent else None)
 
 
 def _outcome(record: RunRecord, parent: RunRecord | None) -> str:
     if record.status in FAILED or record.primary is None:
         why = record.reason.split(":")[0] if record.reason else ""
-        return f"{record.status.value}" + (f" ({_short(why, 60)})" if why else "")
+        return f"{record.status.value}" + (f" ({one_line(why, 60)})" if why else "")
     return f"{record.status.value} {_change(record, parent)}".strip()
 
 
@@ -136,7 +137,7 @@ def agent_notes(records: Iterable[RunRecord]) -> tuple[list[Note], int]:
                 notes = [n for n in notes if n.id != edit.forget.strip().upper()]
             elif edit.add is not None:
                 count += 1
-                notes.append(Note(f"N{count}", edit.section, _short(edit.add, NOTE_CHARS), record.run_id))
+                notes.append(Note(f"N{count}", edit.section, one_line(edit.add, NOTE_CHARS), record.run_id))
     kept, used = [], 0
     for note in reversed(notes):
         used += len(note.line)
@@ -171,7 +172,7 @@ class MemoryBuilder:
             lines["principle"].append(f"- {len(kept) - KEPT_LINES} earlier keeps (the ledger has them)")
         for r in kept[-KEPT_LINES:]:
             lines["principle"].append(
-                f"- {r.run_id} kept: {_short(r.hypothesis, 140)} ({_change(r, parent[r.run_id])})"
+                f"- {r.run_id} kept: {one_line(r.hypothesis, 140)} ({_change(r, parent[r.run_id])})"
             )
 
         groups: dict[str, list[RunRecord]] = {}
@@ -187,21 +188,17 @@ class MemoryBuilder:
             shown = []
             for r in runs[-GROUP_RUNS:]:
                 values = self.moved(r).values
-                label = values if values else f'"{_short(r.hypothesis, 60)}"'
+                label = values if values else f'"{one_line(r.hypothesis, 60)}"'
                 shown.append(f"{r.run_id} {label}: {_outcome(r, parent[r.run_id])}")
             earlier = f" (and {len(runs) - GROUP_RUNS} earlier)" if len(runs) > GROUP_RUNS else ""
             lines["dead end"].append(f"- {topic}{earlier}: " + "; ".join(shown))
 
         for r in records:
             if r.status == RunStatus.UNCONFIRMED:
-                first = r.trials[0].primary if r.trials else None
                 base = parent[r.run_id]
-                gain = (
-                    f"first seed {(first / base.primary - 1) * 100:+.1f}%, "
-                    if first and base and base.primary
-                    else ""
-                )
-                what, mean = _short(r.hypothesis, 120), f"mean of two {_change(r, base)}"
+                first = _percent(r.trials[0].primary if r.trials else None, base.primary if base else None)
+                gain = f"first seed {first}, " if first else ""
+                what, mean = one_line(r.hypothesis, 120), f"mean of two {_change(r, base)}"
                 if any(not t.ok for t in r.trials[1:]):
                     second = r.trials[1].status
                     mean = f"its second seed: {second.value if second else 'failed'}"

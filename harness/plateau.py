@@ -52,10 +52,11 @@ def plateaus(records: list[RunRecord], after: int) -> list[tuple[str, str]]:
     return stretches
 
 
-def _change(record: RunRecord, parent: RunRecord | None) -> float | None:
-    if record.primary is None or parent is None or not parent.primary:
+def relative_change(value: float | None, reference: float | None) -> float | None:
+    """`value` against `reference` as a fraction (-0.02 is 2% lower); None when either is missing."""
+    if value is None or not reference:
         return None
-    return record.primary / parent.primary - 1
+    return value / reference - 1
 
 
 def revisit_candidates(records: list[RunRecord], best: RunRecord | None) -> list[tuple[RunRecord, str]]:
@@ -72,7 +73,7 @@ def revisit_candidates(records: list[RunRecord], best: RunRecord | None) -> list
         ):
             continue
         parent = by_id.get(r.parent) if r.parent else None
-        change = _change(r, parent)
+        change = relative_change(r.primary, parent.primary if parent else None)
         if r.status == RunStatus.UNCONFIRMED:
             why = "a near-miss: it cleared the bar on one seed, not on two"
         elif change is not None and change < 0:
