@@ -125,6 +125,20 @@ class TrainConfig(_Strict):
         description="Train on a growing subset: this share of the train split (a fixed random order) at "
         "the start, growing linearly to all of it by the end of the budget; 1 trains on all of it throughout",
     )
+    sampling: Literal["uniform", "high_error"] = Field(
+        "uniform",
+        description="high_error: draw high_error_share of each batch in proportion to each canvas's latest "
+        "training loss (needs the model's loss per canvas), the rest uniformly.",
+    )
+    high_error_share: float = Field(
+        0.5, gt=0, le=1, description="With sampling high_error, the share of each batch drawn by loss."
+    )
+    lr_range_test: bool = Field(
+        False,
+        description="Start with a learning-rate range test of lr_range_steps steps (models/strategies.py), "
+        "then train from the initial weights with the lr it found in place of lr.",
+    )
+    lr_range_steps: int = Field(100, ge=10, description="Steps of the range test, on the budget.")
 
 
 class ExperimentConfig(_Strict):

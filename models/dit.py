@@ -183,7 +183,7 @@ class DiT(WorldModel):
         noisy = (1 - tt) * x0 + tt * noise
         output = self.denoise(self.encode_context(canvases), separator, noisy, last, t, actions[:, -1])
         goal = x0 if self.config.prediction == "x0" else noise - x0
-        return F.mse_loss(output, goal)
+        return F.mse_loss(output, goal, reduction="none").mean(dim=(1, 2))  # per canvas (B,)
 
     # -- inference ---------------------------------------------------------------------------------------
 

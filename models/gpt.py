@@ -104,10 +104,11 @@ class GPT(WorldModel):
         return self.final(x[:, -targets.shape[1] :]) + self.residual_base(patches)
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
-        """MSE over the target patches; `actions` (B, history), the last one leads into the target."""
+        """Per-canvas MSE over the target patches (B,); `actions` (B, history), the last one leads into the
+        target."""
         prediction = self(canvases, actions[:, -1])
         truth = patchify(canvases, self.config.patch)[:, self.target_index]
-        return (prediction.float() - truth.float()).square().mean()
+        return (prediction.float() - truth.float()).square().mean(dim=(1, 2))
 
     # -------------------------------------------------------------------------------------- inference
 

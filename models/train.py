@@ -49,9 +49,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, build_model, save_weights, write_json
-from models.config import ExperimentConfig, TrainConfig, load_config, parse_duration
+from models.config import ExperimentConfig, load_config, parse_duration
 from models.data import load_split
 from models.errors import EXIT_NAN, MissingCacheError, WorldloopError
+from models.strategies import (
+    HOLDOUT_BATCH,
+    Divergence,
+    HighErrorSampler,
+    LRRangeTest,
+    PlateauCuts,
+    held_out_loss,
+    learning_rate,
+    subset_size,
+)
 from models.vocab import NUM_ACTIONS
 from models.world_model import WorldModel, to_tensor
 
@@ -171,77 +181,6 @@ class BudgetClock:
         return self.used / self.budget if self.budget > 0 else 1.0
 
 
-def learning_rate(train: TrainConfig, step: int, progress: float, cuts: int = 0) -> float:
-    """Linear warmup by steps, then (schedule cosine) cosine by the fraction of the budget used, on the
-    budget's clock, or (schedule plateau) the lr cut `cuts` times by plateau_factor, never below
-    lr * min_lr_ratio."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    if train.schedule == "plateau":
-        return train.lr * max(train.min_lr_ratio, train.plateau_factor**cuts)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return train.lr * (train.min_lr_ratio + (1.0 - train.min_lr_ratio) * cosine)
-
-
-class PlateauCuts:
-    """Reduce-on-plateau without a validation set in the loop: a window's mean training loss that is not
-    the best yet, `patience` windows in a row, cuts the lr once more."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience, self.best, self.waited, self.cuts = patience, math.inf, 0, 0
-
-    def window(self, mean_loss: float) -> int:
-        if mean_loss < self.best:
-            self.best, self.waited = mean_loss, 0
-        else:
-            self.waited += 1
-            if self.waited >= self.patience:
-                self.cuts, self.waited = self.cuts + 1, 0
-        return self.cuts
-
-
-class Divergence:
-    """Stopping when training and held-out losses part ways: the held-out loss has not improved for
-    `patience` checks while the training loss is below where it stood at the held-out best. Keeps a copy of
-    the weights (and the EMA's) at the held-out best, which the run then saves."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience, self.best, self.waited, self.train_at_best = patience, math.inf, 0, math.inf
-        self.weights: list[dict[str, torch.Tensor]] | None = None
-
-    def check(self, held_out: float, train_loss: float, models: list[torch.nn.Module]) -> bool:
-        """Record one check; True when training should stop."""
-        if held_out < self.best:
-            self.best, self.waited, self.train_at_best = held_out, 0, train_loss
-            self.weights = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
-            return False
-        self.waited += 1
-        return self.waited >= self.patience and train_loss < self.train_at_best
-
-    def restore(self, models: list[torch.nn.Module]) -> None:
-        for model, weights in zip(models, self.weights or [], strict=False):
-            model.load_state_dict(weights)
-
-
-HOLDOUT_BATCH = 64  # held-out canvases scored at each check, with the same noise every time
-
-
-@torch.no_grad()
-def held_out_loss(
-    model: WorldModel, canvases: torch.Tensor, actions: torch.Tensor, device: torch.device
-) -> float:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return float(model.loss(to_tensor(canvases, device), actions.to(device)))
-
-
-def subset_size(train: TrainConfig, count: int, progress: float) -> int:
-    """How many canvases (of `count`) a step samples from: `subset_start` of them at the start, all of them
-    by the end of the budget."""
-    share = train.subset_start + (1.0 - train.subset_start) * min(max(progress, 0.0), 1.0)
-    return max(1, min(count, math.ceil(count * share)))
-
-
 class EMA:
     """Exponential moving average of the weights, with the usual warmup so early steps are not frozen in."""
 
@@ -317,16 +256,23 @@ def train(
     generator = torch.Generator().manual_seed(tc.seed)
     plateau = PlateauCuts(tc.plateau_patience)
     divergence = Divergence(tc.divergence_patience) if tc.stop_on_divergence else None
-    pool = held = None  # the canvases a step draws from: every one, unless some are held out
+    candidates = torch.arange(len(canvases))  # the canvases a step draws from: all, unless some are held out
+    held = None
     if divergence is not None:
         shuffled = torch.randperm(len(canvases), generator=torch.Generator().manual_seed(tc.seed + 1))
         cut = max(1, int(len(canvases) * tc.holdout_share))
-        held, pool = shuffled[:cut][:HOLDOUT_BATCH], shuffled[cut:]
-    # A growing subset is a prefix of one random order of the pool; training on all of it draws as before.
-    order = pool
+        held, candidates = shuffled[:cut][:HOLDOUT_BATCH], shuffled[cut:]
+    # A growing subset is a prefix of one random order of the candidates.
     if tc.subset_start < 1:
-        base = pool if pool is not None else torch.arange(len(canvases))
-        order = base[torch.randperm(len(base), generator=generator)]
+        candidates = candidates[torch.randperm(len(candidates), generator=generator)]
+    sampler = (
+        HighErrorSampler(len(canvases), tc.high_error_share, generator)
+        if tc.sampling == "high_error"
+        else None
+    )
+    range_test = LRRangeTest(tc.lr_range_steps) if tc.lr_range_test else None
+    initial = copy.deepcopy(model.state_dict()) if range_test else None
+    schedule, schedule_start = tc, 0  # the lr schedule's settings and first step (after a range test)
     stopped_at = None
 
     log_file = open(out / "train_log.csv", "w", newline="")  # noqa: SIM115 - closed in finally
@@ -349,29 +295,53 @@ def train(
     try:
         with progress:
             while not budget.spent:
-                lr = learning_rate(tc, step, budget.progress, plateau.cuts)
+                testing = range_test is not None and range_test.running  # the lr range test's steps
+                if testing:
+                    lr = range_test.lr
+                else:
+                    lr = learning_rate(schedule, step - schedule_start, budget.progress, plateau.cuts)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if order is None:
-                    index = torch.randint(len(canvases), (tc.batch_size,), generator=generator)
+                if tc.subset_start < 1:
+                    active = candidates[: subset_size(tc, len(candidates), budget.progress)]
                 else:
-                    active = subset_size(tc, len(order), budget.progress)
-                    index = order[torch.randint(active, (tc.batch_size,), generator=generator)]
+                    active = candidates
+                if sampler is not None:
+                    index = sampler.draw(active, tc.batch_size)
+                else:
+                    index = active[torch.randint(len(active), (tc.batch_size,), generator=generator)]
                 batch = to_tensor(canvases[index], device)
                 with autocast:
-                    loss = loss_fn(batch, actions[index].to(device))
+                    losses = loss_fn(batch, actions[index].to(device))  # per canvas (B,), or a scalar
+                loss = losses.mean()
                 value = loss.item()
+                if testing and range_test.record(lr, value):
+                    # the test is over: back to the initial weights, to train at the lr it found
+                    model.load_state_dict(initial)
+                    optimizer.state.clear()
+                    schedule, schedule_start = tc.model_copy(update={"lr": range_test.found}), step
+                    plateau = PlateauCuts(tc.plateau_patience)
+                    if divergence is not None:
+                        divergence = Divergence(tc.divergence_patience)
+                    continue  # this step's loss belongs to the weights just replaced
                 if not math.isfinite(value):
                     log_row(value, f"{lr:.3e}", "")
                     raise NonFiniteLoss(
                         f"loss became {value} at step {step} ({budget.elapsed:.0f}s of budget); lower the lr?"
                     )
+                if sampler is not None:
+                    if losses.dim() != 1:
+                        raise WorldloopError(
+                            "train.sampling = high_error needs the model's loss per canvas, shape (B,); "
+                            f"it returned shape {tuple(losses.shape)}"
+                        )
+                    sampler.record(index, losses)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
-                if ema:
+                if ema and not testing:
                     ema.update(model)
                 step += 1
                 samples += tc.batch_size
@@ -441,6 +411,9 @@ def train(
             "seed": tc.seed,
             "stopped_at_step": stopped_at,  # stop_on_divergence: where it stopped (None: the budget ended)
             "held_out_loss": divergence.best if divergence is not None and divergence.weights else None,
+            "lr_found": range_test.found
+            if range_test is not None
+            else None,  # lr_range_test: the lr it chose
             "final_loss": smoothed,
             "val_loss": val_loss,
             "parameters": model.num_parameters(),
@@ -467,7 +440,7 @@ def smoke(config: ExperimentConfig, dataset: Path | None = None, device: torch.d
     batch = to_tensor(np.asarray(split.canvases[rows]), device)
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
-    loss = model.loss(batch, torch.from_numpy(split.actions[rows]).to(device))
+    loss = model.loss(batch, torch.from_numpy(split.actions[rows]).to(device)).mean()
     if not math.isfinite(loss.item()):
         raise NonFiniteLoss(f"the first loss is {loss.item()}")
     loss.backward()
@@ -498,7 +471,8 @@ def validation_loss(
     losses = []
     for chunk in np.array_split(index, max(1, len(index) // 32)):
         batch = to_tensor(np.asarray(val.canvases[chunk]), device)
-        losses.append(model.loss(batch, torch.from_numpy(val.actions[chunk]).to(device)).item() * len(chunk))
+        loss = model.loss(batch, torch.from_numpy(val.actions[chunk]).to(device)).mean()
+        losses.append(loss.item() * len(chunk))
     torch.random.set_rng_state(state)
     return sum(losses) / len(index)
 

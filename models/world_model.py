@@ -3,7 +3,9 @@
 Evaluation, reports and the robot planner only ever call `loss` and `predict`, so a model the agent invents
 plugs in as long as it subclasses `WorldModel`:
 
-- `loss(canvases, actions)`: a scalar to minimize on a training batch of whole canvases.
+- `loss(canvases, actions)`: the per-canvas losses (B,) of a training batch of whole canvases; training
+  minimizes their mean, and high-error sampling (models/train.py) reads each canvas's own. A scalar still
+  trains, without high-error sampling.
 - `predict(context, actions, seed)`: for B context canvases and K candidate actions each, the predicted
   target step (camera frames and motor strip) under every candidate: (B, K, 3, H, W_target). The target
   region of `context` is ignored; the last separator is painted from the action. A sampling model uses the
@@ -174,7 +176,7 @@ class WorldModel(nn.Module, ABC):
 
     @abstractmethod
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
-        """Scalar training loss of a batch: canvases (B, 3, H, W), actions (B, history)."""
+        """Per-canvas training losses (B,) of a batch: canvases (B, 3, H, W), actions (B, history)."""
 
     @abstractmethod
     def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:

@@ -18,7 +18,7 @@ def fixed_noise_loss(model: DiT, canvases: torch.Tensor, actions: torch.Tensor) 
     """The training loss with the same noise and noise levels every time: comparable before and after."""
     torch.manual_seed(123)
     with torch.no_grad():
-        return model.loss(canvases.repeat(8, 1, 1, 1), actions.repeat(8, 1)).item()
+        return model.loss(canvases.repeat(8, 1, 1, 1), actions.repeat(8, 1)).mean().item()
 
 
 def trained_dit(steps: int = 300, config: DiTConfig = TINY, seed: int = 0) -> tuple[DiT, tuple[float, float]]:
@@ -30,7 +30,7 @@ def trained_dit(steps: int = 300, config: DiTConfig = TINY, seed: int = 0) -> tu
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     torch.manual_seed(seed)
     for _ in range(steps):
-        loss = model.loss(canvases, actions)
+        loss = model.loss(canvases, actions).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -48,7 +48,7 @@ def trained() -> tuple[GPT, torch.Tensor, torch.Tensor, list[float]]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
     for _ in range(300):
-        loss = model.loss(canvases, actions)
+        loss = model.loss(canvases, actions).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

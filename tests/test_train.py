@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,8 +17,16 @@ from models.data import load_split
 from models.errors import EXIT_NAN, ConfigError, DatasetError
 from models.evaluate import evaluate_run
 from models.openmp import DEFAULT_THREADS
+from models.strategies import (
+    LR_RANGE,
+    Divergence,
+    HighErrorSampler,
+    LRRangeTest,
+    PlateauCuts,
+    learning_rate,
+    subset_size,
+)
 from models.task import Task
-from models.train import Divergence, PlateauCuts, learning_rate, subset_size
 from models.world_model import to_tensor
 from tests.helpers import run_module, run_train, write_config
 
@@ -64,7 +73,7 @@ def test_checkpoint_round_trip_reproduces_predictions_bit_for_bit(
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(5):
-        loss = model.loss(to_tensor(val.canvases[:4]), torch.as_tensor(val.actions[:4]))
+        loss = model.loss(to_tensor(val.canvases[:4]), torch.as_tensor(val.actions[:4])).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -222,6 +231,51 @@ def test_training_stops_on_divergence_with_the_held_out_loss_in_its_metrics(
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stopped_at_step"] is not None and 0 < metrics["stopped_at_step"] < metrics["steps"] + 1
     assert metrics["held_out_loss"] > 0 and metrics["cpu_seconds"] < 2.0
+
+
+def test_the_lr_range_test_stops_when_the_loss_explodes_and_picks_a_tenth_of_the_lowest():
+    """A loss with its valley at lr 1e-3 that explodes past 3e-3: the test ends there, and picks a tenth of
+    where the smoothed loss was lowest (the smoothing lags the valley by a few steps)."""
+    test = LRRangeTest(steps=60)
+    while test.running:
+        lr = test.lr
+        test.record(lr, 100.0 if lr > 3e-3 else 1.0 + (math.log10(lr) + 3) ** 2)
+    assert test.lrs[0] == pytest.approx(LR_RANGE[0]) and len(test.lrs) < 60  # stopped before 1e-2
+    assert all(b > a for a, b in zip(test.lrs, test.lrs[1:], strict=False))  # exponentially growing
+    assert 1e-4 <= test.found <= 3e-4
+    broken = LRRangeTest(steps=60)
+    for loss in (5.0, 4.0, 3.0, math.nan):
+        ended = broken.record(broken.lr, loss)
+    assert ended and len(broken.lrs) == 3 and broken.found == pytest.approx(broken.lrs[2] / 10)
+
+
+def test_high_error_sampling_draws_its_share_by_loss_and_gives_unseen_canvases_a_first_look():
+    sampler = HighErrorSampler(10, share=0.5, generator=torch.Generator().manual_seed(0))
+    sampler.record(torch.arange(9), torch.tensor([0.001] * 8 + [1.0]))  # 9 not seen: as high as 8
+    draws = torch.cat([sampler.draw(torch.arange(10), 8) for _ in range(200)]).view(200, 8)
+    by_loss, uniform = draws[:, :4], draws[:, 4:]
+    assert (by_loss >= 8).float().mean() > 0.95  # 2 / (2 + 8 x 0.001) of the draws by loss
+    assert (by_loss == 8).float().mean() > 0.35 and (by_loss == 9).float().mean() > 0.35
+    assert 0.1 < (uniform >= 8).float().mean() < 0.3  # 2 in 10 of the uniform ones
+    sampler.record(torch.tensor([9, 8, 3]), torch.tensor([0.001, 0.001, 1.0]))
+    assert (sampler.draw(torch.arange(10), 1000)[:500] == 3).float().mean() > 0.95
+    assert set(sampler.draw(torch.tensor([0, 1]), 100).tolist()) <= {0, 1}  # only the candidates
+
+
+def test_training_with_the_lr_range_test_and_high_error_sampling(small_cache: Path, tmp_path: Path):
+    """The range test's lrs grow from LR_RANGE[0]; then the run trains from the initial weights at the lr
+    it found, recorded in metrics.json, never above it."""
+    options = {"lr_range_test": True, "lr_range_steps": 10, "sampling": "high_error", "warmup_steps": 0}
+    config = write_config(tmp_path / "r.toml", small_cache, log_every_s=0.01, **options)
+    result = run_train(config, tmp_path / "run", budget="2s")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    found = metrics["lr_found"]
+    assert LR_RANGE[0] / 10 <= found <= LR_RANGE[1] / 10 and metrics["steps"] > 10
+    with open(tmp_path / "run" / "train_log.csv", newline="") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f) if row["lr"]]
+    tested = [lr for lr in lrs if lr > found * 1.0001]  # during the test: above the lr it then chose
+    assert LR_RANGE[0] <= lrs[0] <= LR_RANGE[1] and tested and max(lrs[len(lrs) // 2 :]) <= found * 1.0001
 
 
 def test_durations():
