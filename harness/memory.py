@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from harness.diffs import diff_lines
 from harness.durable import atomic_write_text
 from harness.ledger import FAILED, RunRecord, RunStatus
 from harness.paths import NightPaths
@@ -43,8 +44,8 @@ SECTIONS = {
     "question": "Open questions",
 }
 
-_KEY_LINE = re.compile(r"^([-+])\s*([A-Za-z_][\w.-]*)\s*=\s*(.+?)\s*$")
-_HUNK_FUNCTION = re.compile(r"^@@ [^@]+ @@\s*(?:async\s+)?(?:def|class)\s+(\w+)")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*=\s*(.+?)\s*$")
+_HUNK_FUNCTION = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)")  # after a hunk header's second @@
 
 
 @dataclass
@@ -72,27 +73,20 @@ class Moved:
 def moved_by(diff: str) -> Moved:
     """Read a proposal's unified diff: `key = value` lines of TOML files, and the files (and the functions
     their hunks sit in) of everything else."""
-    moved, path, old = Moved(), "", {}
-    for line in diff.splitlines():
-        if line.startswith("+++ "):
-            path = line[4:].removeprefix("b/").strip()
-            if not path.endswith(".toml") and path != "/dev/null":
-                moved.code.setdefault(path, set())
-            continue
-        if line.startswith("--- ") or not path:
-            continue
-        if path.endswith(".toml"):
-            match = _KEY_LINE.match(line)
-            if match:
-                sign, key, text = match.groups()
-                if sign == "-":
-                    old[key] = text
-                elif old.get(key) != text:
-                    moved.keys[key] = (old.get(key, "(new)"), text)
-        else:
-            match = _HUNK_FUNCTION.match(line)
-            if match:
-                moved.code[path].add(match.group(1))
+    moved, old = Moved(), {}
+    for line in diff_lines(diff):
+        toml = line.path.endswith(".toml")
+        if line.kind == "file":
+            if not toml and line.path != "/dev/null":
+                moved.code.setdefault(line.path, set())
+        elif toml and line.kind in ("+", "-") and (match := _KEY_LINE.match(line.text)):
+            key, text = match.groups()
+            if line.kind == "-":
+                old[key] = text
+            elif old.get(key) != text:
+                moved.keys[key] = (old.get(key, "(new)"), text)
+        elif not toml and line.kind == "@@" and (match := _HUNK_FUNCTION.match(line.text)):
+            moved.code[line.path].add(match.group(1))
     return moved
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.diffs import diff_lines
 from harness.ledger import RunRecord
 from harness.workspace import ProposalRejected
 
@@ -33,16 +34,11 @@ _STOP = frozenset(
 def changed_lines(diff: str) -> frozenset[str]:
     """The lines a unified diff adds and removes, as `path:+text` / `path:-text`, whitespace collapsed;
     blank and comment-only lines left out (they change no behavior)."""
-    lines, path = set(), ""
-    for line in diff.splitlines():
-        if line.startswith("+++ "):
-            path = line[4:].removeprefix("b/").strip()
-        elif line.startswith("--- ") or line.startswith("@@") or not path:
-            continue
-        elif line[:1] in "+-":
-            text = " ".join(line[1:].split())
-            if text and not text.startswith("#"):
-                lines.add(f"{path}:{line[0]}{text}")
+    lines = set()
+    for line in diff_lines(diff):
+        text = " ".join(line.text.split())
+        if line.kind in ("+", "-") and text and not text.startswith("#"):
+            lines.add(f"{line.path}:{line.kind}{text}")
     return frozenset(lines)
 
 

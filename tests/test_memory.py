@@ -40,6 +40,9 @@ def test_a_diff_says_which_keys_and_functions_moved(tmp_path: Path):
     code = moved_by(real_diff(tmp_path / "b", model=MODEL.replace("return x", "return 2 * x")))
     assert code.keys == {} and code.code == {"models/dit.py": {"DiT"}}  # git names the enclosing top level
     assert code.topic == "models/dit.py (DiT)"
+    # git may put a TOML line in a hunk header as the "function": it is context, not a moved key
+    header = "--- a/e.toml\n+++ b/e.toml\n@@ -9,2 +9,2 @@ lr = 1e-3\n-batch_size = 4\n+batch_size = 8\n"
+    assert moved_by(header).keys == {"batch_size": ("4", "8")}
 
 
 class Night:
