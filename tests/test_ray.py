@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,9 +31,10 @@ from tests.night_project import (
 )
 from tests.test_parallel import ALL_CORES, PARALLEL, overlap, span
 
-TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
-"""`ray start` (Ray >= 2.59) starts a cluster with token authentication (its token in ~/.ray/auth_token); a
-driver sends the token only in this mode."""
+TOKEN_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+"""`ray start` (Ray >= 2.59) starts a cluster with token authentication, and a driver sends the token only
+in this mode. The token is this session's own, passed in the environment: `ray start` refuses to start
+without one, and ~/.ray/auth_token exists only where some earlier local `ray.init` happened to write it."""
 
 
 def free_port() -> int:
