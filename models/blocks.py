@@ -91,11 +91,17 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(width // heads, eps=1e-6) if qk_norm else nn.Identity()
 
     def forward(
-        self, x: Tensor, prefix: KV | None = None, causal: bool = False, rope: Rope | None = None
+        self,
+        x: Tensor,
+        prefix: KV | None = None,
+        causal: bool = False,
+        rope: Rope | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, KV]:
         """Returns the output and this call's own (k, v) (keys already rotated), so a caller can cache them.
 
         With a prefix, queries see every prefix position plus (causally, if asked) their own sequence.
+        `mask` (queries, prefix + queries), True where a query may look, replaces both rules.
         """
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
@@ -103,17 +109,16 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         own = (k, v)
-        mask = None
         if prefix is not None:
             k = torch.cat([prefix[0].expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([prefix[1].expand(b, -1, -1, -1), v], dim=2)
-            if causal and n > 1:
+            if causal and n > 1 and mask is None:
                 p = prefix[0].shape[2]
                 mask = torch.ones(n, p + n, dtype=torch.bool, device=x.device).tril(diagonal=p)
                 causal = False
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and n > 1
+            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and n > 1 and mask is None
         )
         return self.proj(out.transpose(1, 2).reshape(b, n, d)), own
 
@@ -141,10 +146,15 @@ class Block(nn.Module):
         self.mlp = MLP(width, mlp_ratio, dropout)
 
     def forward(
-        self, x: Tensor, prefix: KV | None = None, causal: bool = False, rope: Rope | None = None
+        self,
+        x: Tensor,
+        prefix: KV | None = None,
+        causal: bool = False,
+        rope: Rope | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, KV]:
         """x: (B, L, d). Returns the output and this layer's (k, v), for a caller's cache."""
-        h, kv = self.attn(self.norm1(x), prefix, causal, rope)
+        h, kv = self.attn(self.norm1(x), prefix, causal, rope, mask)
         x = x + h
         return x + self.mlp(self.norm2(x)), kv
 

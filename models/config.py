@@ -79,9 +79,15 @@ class DiTConfig(TransformerConfig):
 
 
 class GPTConfig(TransformerConfig):
-    """Autoregressive patch transformer: context patches, then target patches in raster order, causal."""
+    """Autoregressive patch transformer: the context, then the target a block of patch rows at a time."""
 
     kind: Literal["gpt"] = "gpt"
+    rows_per_step: int = Field(
+        1,
+        ge=1,
+        description="Target rows of patches predicted together in one decoding step: more rows, fewer steps "
+        "(faster, less exposure bias); at least the target's rows predicts it all in one step.",
+    )
 
 
 ModelConfig = Annotated[DiTConfig | GPTConfig, Field(discriminator="kind")]

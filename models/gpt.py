@@ -1,22 +1,33 @@
 """Autoregressive patch transformer (GPT) over the canvas: continuous patch regression, no tokenizer.
 
-One canvas is one causal sequence of patch tokens:
+One canvas is one sequence of patch tokens:
 
-    [ context tokens (raster) | last separator's tokens | target inputs 0 .. T-1 ]
+    [ context tokens (raster) | last separator's tokens | target inputs, block 0 | block 1 | ... ]
 
-- context / separator token = Linear(patch) + sincos position of its cell + segment embedding;
-- target input j = Linear(target patch j-1) (a learned start vector for j = 0) + position of target cell j
-  + segment embedding + action embedding. The output at target input j regresses target patch j.
+The target is predicted a block of `rows_per_step` patch rows at a time, each block from everything before
+it (block-causal attention): the context attends within itself, the separator sees the context, and target
+block b sees the context, the separator and blocks <= b.
+
+- context / separator token = Linear(patch) + position of its cell + segment embedding;
+- target input at cell (r, c) = Linear(target patch (r - rows_per_step, c)), the patch one block up (a
+  learned start vector in block 0) + position of cell (r, c) + segment embedding + action embedding. The
+  output there regresses target patch (r, c).
+
+Why blocks of rows and not one patch at a time: the loss is an MSE, so each output is a mean, and feeding a
+mean back in adds no information the context did not already hold; what autoregression does add is error
+that compounds over the steps (exposure bias: teacher-forced inputs in training, the model's own blurry
+outputs at inference). Fewer, wider steps compound less and decode faster; `rows_per_step` at least the
+target's rows is a one-step, fully parallel predictor.
 
 The action reaches the model twice: through the separator's color (as in the published canvas setting) and
 as an embedding added to every target input, so a weak or far-away separator cannot hide it.
 
 Training is teacher forcing with an MSE on the target patches. The output head is linear (not tanh):
 saturated pixels (black, white, separator colors) stay reachable without huge pre-activations; `predict`
-clamps to [-1, 1] and feeds the clamped patch back as the next input. Inference encodes each context once
-(causal prefill), shares its keys and values with every candidate action, and generates the target one
-patch at a time with a KV cache. `predict_uncached` recomputes the whole sequence every step; a test
-checks that both agree.
+clamps to [-1, 1] and feeds the clamped block back as the next block's input. Inference encodes each
+context once, shares its keys and values with every candidate action, and generates the target block by
+block with a KV cache. `predict_uncached` recomputes the whole sequence every step; a test checks that both
+agree.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ CONTEXT, SEPARATOR, TARGET = 0, 1, 2
 
 
 class GPT(WorldModel):
-    """Causal patch transformer: context, then separator, then the target patch by patch."""
+    """Block-causal patch transformer: context, then separator, then the target a block of rows at a time."""
 
     kind = "gpt"
 
@@ -46,10 +57,20 @@ class GPT(WorldModel):
         sequence = torch.cat([grid.context_index, grid.separator_index, grid.target_index])
         self.register_buffer("sequence_index", sequence, persistent=False)  # the cell of every position
 
+        # Decoding blocks: target token j (raster order) lies in row j // target_cols; its input is the
+        # patch `shift` tokens back, one block up.
+        nc, ns, nt = len(grid.context_index), len(grid.separator_index), len(grid.target_index)
+        self.shift = min(config.rows_per_step, grid.rows) * grid.target_cols
+        self.steps = [(a, min(a + self.shift, nt)) for a in range(0, nt, self.shift)]
+        group = torch.cat(
+            [torch.zeros(nc), torch.ones(ns), 2 + torch.arange(nt) // self.shift]
+        )  # context 0, separator 1, target block b: 2 + b
+        self.register_buffer("attend", group[None, :] <= group[:, None], persistent=False)  # (L, L)
+
         self.embed = nn.Linear(self.patch_dim, d)  # one patch embedding for every segment
         self.segment = nn.Embedding(3, d)
         self.action_embed = nn.Embedding(NUM_ACTIONS, d)
-        self.start = nn.Parameter(torch.zeros(d))  # stands in for "target patch -1"
+        self.start = nn.Parameter(torch.zeros(d))  # stands in for the patches above the target
         self.blocks = nn.ModuleList(
             Block(d, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.depth)
         )
@@ -66,11 +87,17 @@ class GPT(WorldModel):
         patch embedding + position + segment."""
         return self.embed(cells) + self.positions(index)[0] + self.segment.weight[segment]
 
-    def _target_tokens(self, content: Tensor, first: int, action: Tensor) -> Tensor:
-        """Target inputs first .. first+n-1 from `content` (B, n, d), the embedded previous patches."""
-        cells = self.target_index[first : first + content.shape[1]]
-        position = self.positions(cells)[0]
-        return content + position + self.segment.weight[TARGET] + self.action_embed(action)[:, None]
+    def _target_tokens(self, above: Tensor | None, first: int, count: int, action: Tensor) -> Tensor:
+        """Target inputs first .. first+count-1: the patches one block up (`above`, (B, count, 3*p*p)), or
+        the start vector for block 0 (`above` None)."""
+        cells = self.target_index[first : first + count]
+        content = self.start.expand(len(action), count, -1) if above is None else self.embed(above)
+        return (
+            content
+            + self.positions(cells)[0]
+            + self.segment.weight[TARGET]
+            + self.action_embed(action)[:, None]
+        )
 
     def _rope(self, start: int, stop: int) -> Rope | None:
         """Rotary tables of sequence positions start..stop-1 (None with absolute positions)."""
@@ -81,27 +108,30 @@ class GPT(WorldModel):
     def forward(self, canvases: Tensor, action: Tensor) -> Tensor:
         """Teacher-forced target predictions (B, T, 3*p*p), one per target token, in raster order.
 
-        `action` (B,) is the action into the target step. Output j sees only the context, the separator
-        and target patches < j; it is the per-token view that the causality test and `loss` use.
+        `action` (B,) is the action into the target step. The output of a token in block b sees only the
+        context, the separator and the target patches of blocks < b; it is the per-token view that the
+        causality test and `loss` use.
         """
         return self._outputs(patchify(canvases, self.config.patch), action)
 
     def _outputs(self, patches: Tensor, action: Tensor) -> Tensor:
-        b = patches.shape[0]
         targets = patches[:, self.target_index]
-        content = torch.cat([self.start.expand(b, 1, -1), self.embed(targets[:, :-1])], dim=1)
+        nt, shift = targets.shape[1], self.shift
+        inputs = [self._target_tokens(None, 0, min(shift, nt), action)]
+        if shift < nt:
+            inputs.append(self._target_tokens(targets[:, : nt - shift], shift, nt - shift, action))
         x = torch.cat(
             [
                 self._tokens(patches[:, self.context_index], self.context_index, CONTEXT),
                 self._tokens(patches[:, self.separator_index], self.separator_index, SEPARATOR),
-                self._target_tokens(content, 0, action),
+                *inputs,
             ],
             dim=1,
         )
         rope = self._rope(0, x.shape[1])
         for block in self.blocks:
-            x, _ = block(x, causal=True, rope=rope)
-        return self.final(x[:, -targets.shape[1] :]) + self.residual_base(patches)
+            x, _ = block(x, rope=rope, mask=self.attend)
+        return self.final(x[:, -nt:]) + self.residual_base(patches)
 
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         """Per-canvas MSE over the target patches (B,); `actions` (B, history), the last one leads into the
@@ -116,9 +146,9 @@ class GPT(WorldModel):
     def predict(self, context: Tensor, actions: Tensor, seed: int | None = None) -> Tensor:
         """Target step (B, K, 3, H, W_target) in [-1, 1] for B contexts under K candidate actions each.
 
-        The context is encoded once (causal prefill) and its keys/values are copied once into a cache that
-        every candidate extends; the separator comes from the candidate's action, the target region of
-        `context` is ignored. `seed` is unused: the model is deterministic.
+        The context is encoded once and its keys/values are copied once into a cache that every candidate
+        extends; the separator comes from the candidate's action, the target region of `context` is
+        ignored. `seed` is unused: the model is deterministic.
         """
         del seed
         b, k = self.check_actions(context, actions)
@@ -126,14 +156,14 @@ class GPT(WorldModel):
         length, n = nc + ns + nt, b * k
         action = actions.reshape(n)
         with self.eval_mode():
-            # 1. causal prefill of each context, once; its K/V go into every candidate's cache row.
+            # 1. the context, once (it attends within itself); its K/V go into every candidate's cache row.
             context_patches = patchify(context, self.config.patch)
             base = self.residual_base(context_patches).repeat_interleave(k, dim=0)
             x = self._tokens(context_patches[:, self.context_index], self.context_index, CONTEXT)
             caches = []
             rope = self._rope(0, nc)
             for block in self.blocks:
-                x, (key, value) = block(x, causal=True, rope=rope)
+                x, (key, value) = block(x, rope=rope)
                 heads, head_dim = key.shape[1], key.shape[3]
                 cache = key.new_empty(2, b, k, heads, length, head_dim)
                 cache[:, :, :, :, :nc] = torch.stack([key, value])[:, :, None]
@@ -143,41 +173,42 @@ class GPT(WorldModel):
             colors = self.separator_patches(torch.arange(NUM_ACTIONS, device=context.device))
             separators = self._tokens(colors, self.separator_index, SEPARATOR)
 
-            # 3. separator + start token in one causal step, then one target patch per step.
-            start = self._target_tokens(self.start.expand(n, 1, -1), 0, action)
-            out = self._extend(torch.cat([separators[action], start], dim=1), caches, nc)
-            patches = [(out + base[:, 0]).clamp(-1.0, 1.0)]
-            for j in range(1, nt):
-                x = self._target_tokens(self.embed(patches[-1])[:, None], j, action)
-                out = self._extend(x, caches, nc + ns + j)
-                patches.append((out + base[:, j]).clamp(-1.0, 1.0))
-        return self._target_image(torch.stack(patches, dim=1), b, k)
+            # 3. separator + the first block in one step, then one block per step from the block above.
+            target = base.new_empty(n, nt, self.patch_dim)
+            for first, stop in self.steps:
+                above = None if first == 0 else target[:, first - self.shift : stop - self.shift]
+                x = self._target_tokens(above, first, stop - first, action)
+                if first == 0:
+                    x = torch.cat([separators[action], x], dim=1)
+                out = self._extend(x, caches, nc if first == 0 else nc + ns + first)[:, first - stop :]
+                target[:, first:stop] = (out + base[:, first:stop]).clamp(-1.0, 1.0)
+        return self._target_image(target, b, k)
 
     def _extend(self, x: Tensor, caches: list[Tensor], t: int) -> Tensor:
-        """Run new tokens at positions t.. through the blocks against the cache[:t], store their K/V,
-        and return the network output of the last one (a patch, or a change when residual)."""
+        """Run new tokens at positions t.. through the blocks against the cache[:t], store their K/V, and
+        return the network's outputs for them (patches, or changes when residual)."""
         m = x.shape[1]
         rope = self._rope(t, t + m)
+        mask = self.attend[t : t + m, : t + m]
         for block, cache in zip(self.blocks, caches, strict=True):
-            x, (key, value) = block(
-                x, prefix=(cache[0, :, :, :t], cache[1, :, :, :t]), causal=True, rope=rope
-            )
+            x, (key, value) = block(x, prefix=(cache[0, :, :, :t], cache[1, :, :, :t]), rope=rope, mask=mask)
             cache[0, :, :, t : t + m] = key
             cache[1, :, :, t : t + m] = value
-        return self.final(x[:, -1])
+        return self.final(x)
 
     @torch.no_grad()
     def predict_uncached(self, context: Tensor, actions: Tensor) -> Tensor:
         """`predict` the slow way: paint each candidate's canvas and rerun the full teacher-forced sequence
-        for every target patch. Exists to prove the KV-cached path exact; not for real use."""
+        for every block. Exists to prove the KV-cached path exact; not for real use."""
         b, k = self.check_actions(context, actions)
         action = actions.reshape(b * k)
         canvases = self.paint_action(context.repeat_interleave(k, dim=0), action)
         patches = patchify(canvases, self.config.patch)
         patches[:, self.target_index] = 0.0
         with self.eval_mode():
-            for j, cell in enumerate(self.target_index.tolist()):
-                patches[:, cell] = self._outputs(patches, action)[:, j].clamp(-1.0, 1.0)
+            for first, stop in self.steps:
+                cells = self.target_index[first:stop]
+                patches[:, cells] = self._outputs(patches, action)[:, first:stop].clamp(-1.0, 1.0)
         return self._target_image(patches[:, self.target_index], b, k)
 
     # ---------------------------------------------------------------------------------------- helpers
