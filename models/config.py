@@ -79,14 +79,15 @@ class DiTConfig(TransformerConfig):
 
 
 class GPTConfig(TransformerConfig):
-    """Autoregressive patch transformer: the context, then the target a block of patch rows at a time."""
+    """Patch transformer: the context, then the target in one step or a block of patch rows at a time."""
 
     kind: Literal["gpt"] = "gpt"
-    rows_per_step: int = Field(
-        1,
+    rows_per_step: int | None = Field(
+        None,
         ge=1,
-        description="Target rows of patches predicted together in one decoding step: more rows, fewer steps "
-        "(faster, less exposure bias); at least the target's rows predicts it all in one step.",
+        description="Target rows of patches predicted together in one decoding step, each block from the "
+        "one above: fewer steps decode faster and compound less error. None (the default, no key in the "
+        "TOML): the whole target in one step.",
     )
 
 

@@ -99,14 +99,14 @@ def test_actions_change_the_prediction_and_the_true_one_is_nearest(trained):
     assert spread[:, ~torch.eye(NUM_ACTIONS, dtype=torch.bool)].min() > 0.05, spread
 
 
-@pytest.mark.parametrize("rows", [1, 2, 100])
-def test_block_decoding_with_the_kv_cache_matches_the_slow_reference_decode(rows: int):
+@pytest.mark.parametrize("rows", [1, 2, 100, None])
+def test_block_decoding_with_the_kv_cache_matches_the_slow_reference_decode(rows: int | None):
     """The cached path must equal rerunning the full teacher-forced sequence per step (float64: no drift
     from rounding amplified through the steps): a row at a time (9 steps), 2 rows (5 steps, the last one
-    shorter), and all rows in one step."""
+    shorter), and all rows in one step (the default, None)."""
     torch.manual_seed(2)
     model = GPT(CONFIG.model_copy(update={"rows_per_step": rows}), CANVAS).double().eval()
-    assert len(model.steps) == {1: 9, 2: 5, 100: 1}[rows]
+    assert len(model.steps) == {1: 9, 2: 5, 100: 1, None: 1}[rows]
     torch.nn.init.normal_(model.final.linear.weight, std=0.1)
     context, _ = action_canvases(contexts=2)
     context = context[::NUM_ACTIONS].double()
