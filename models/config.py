@@ -42,6 +42,13 @@ class TransformerConfig(_Strict):
         "the untrained model starts at the copy-last-frame baseline and learns only what the action changes.",
     )
 
+    inference_bf16: bool = Field(
+        True,
+        description="Predict under bf16 autocast where the hardware does bf16 fast (CUDA; CPUs with "
+        "AVX512-BF16 or AMX), float32 elsewhere: 27 DiT predictions 1.6x faster on this project's CPU, "
+        "2e-8 apart in mean squared pixel value.",
+    )
+
     @model_validator(mode="after")
     def _widths_fit(self) -> TransformerConfig:
         """What the attention and position tables need of the widths (models/blocks.py), checked when the

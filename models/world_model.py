@@ -35,6 +35,15 @@ from models.pixels import to_uint8 as to_uint8
 from models.vocab import ACTION_NAMES
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products beat float32 on `device`: on CUDA, and on CPUs with bf16 instructions
+    (AVX512-BF16, AMX); elsewhere a CPU emulates bf16, slower than float32."""
+    if device.type == "cuda":
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 class CanvasGrid:
     """The canvas as a grid of patch tokens, split into what a model is given and what it predicts.
 
@@ -166,11 +175,15 @@ class WorldModel(nn.Module, ABC):
 
     @contextmanager
     def eval_mode(self) -> Iterator[None]:
-        """Dropout off while predicting, whatever mode the caller left the model in."""
+        """Predicting: dropout off, whatever mode the caller left the model in, and bf16 autocast where it
+        pays (`inference_bf16`, `fast_bf16`)."""
         was_training = self.training
         self.eval()
+        device = next(self.parameters()).device
+        bf16 = self.config.inference_bf16 and fast_bf16(device)
         try:
-            yield
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                yield
         finally:
             self.train(was_training)
 

@@ -9,6 +9,7 @@ from models.blocks import Attention
 from models.config import DiTConfig
 from models.dit import DiT
 from models.errors import ConfigError
+from models.world_model import fast_bf16
 from tests.synthetic import TINY_CANVAS, as_batch, rolled_scenes
 
 TINY = DiTConfig(patch=4, width=64, depth=2, heads=4, sample_steps=1)
@@ -114,3 +115,22 @@ def test_qk_norm_is_an_option_of_the_attention_that_uses_it():
     assert torch.allclose(keys.square().mean(dim=-1).sqrt(), torch.ones(2, 2, 7), atol=1e-3)
     assert plain.square().mean(dim=-1).sqrt().min() > 2  # unnormalized keys grow with the input
     assert sorted(Attention(32, 2).state_dict()) == ["proj.bias", "proj.weight", "qkv.bias", "qkv.weight"]
+
+
+def test_predictions_in_bf16_where_it_pays_stay_within_a_bf16_rounding_of_float32(overfit):
+    """`inference_bf16` predicts under bf16 autocast on hardware with fast bf16 (`fast_bf16`), and in plain
+    float32 elsewhere or when turned off."""
+    model, _ = overfit
+    canvases, _ = as_batch(*rolled_scenes(2))
+    actions = torch.arange(3).repeat(len(canvases), 1)
+    on = model.predict(canvases, actions, seed=0)
+    model.config = model.config.model_copy(update={"inference_bf16": False})
+    try:
+        off = model.predict(canvases, actions, seed=0)
+    finally:
+        model.config = model.config.model_copy(update={"inference_bf16": True})
+    assert on.dtype == off.dtype == torch.float32
+    if fast_bf16(torch.device("cpu")):
+        assert not torch.equal(on, off) and (on - off).abs().max() < 0.05
+    else:
+        assert torch.equal(on, off)
