@@ -1,6 +1,6 @@
 """World models on 2 CPU cores: quality against training compute, over seeds, and prediction time.
 
-    python -m benchmarks.world_models [--models dit,gpt] [--minutes 2,5,10,30] [--seeds 3] [--jobs 2]
+    python -m benchmarks.world_models [--models dit,gpt] [--minutes 2,5,10,30] [--seeds 3] [--jobs 1]
 
 Each (model, budget, seed) is its own training run (`python -m models.train`, experiments/<model>.toml as
 committed, the learning-rate schedule following the budget, [train] seed 0, 1, 2, ...), judged by the fixed
@@ -9,8 +9,9 @@ and the training samples the budget bought. Ratios to the copy-last-frame baseli
 the figures to compare across machines.
 
 `--jobs 2` trains two runs at a time, one per core: each budget is CPU time, so a run trains as long either
-way, but two runs side by side share caches and memory bandwidth and buy fewer samples per CPU-second
-(the notes say how many were bought). The judging, whose prediction time is a figure, runs after every
+way, but two runs side by side buy far fewer samples per CPU-second on this machine (26.5 samples/s each
+for the DiT, against 64 alone: benchmarks/RESULTS.md), so the default is one at a time, and the rows note
+the samples each run bought. The judging, whose prediction time is a figure, runs after every
 training has ended, one run at a time. A run directory that already holds a judged run is reused, so a
 long benchmark can be finished in parts (`--merge` keeps the rows of the parts it does not redo).
 """
@@ -158,7 +159,7 @@ def main() -> None:
     parser.add_argument("--models", default="dit,gpt")
     parser.add_argument("--minutes", default="2,5,10,30")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at a time (module docstring)")
     parser.add_argument("--dataset", type=Path, default=ROOT / "data/sim")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench")
     parser.add_argument("--beside", default="nothing else", help="what else ran on the machine meanwhile")
