@@ -302,10 +302,7 @@ def train(
                     lr = learning_rate(schedule, step - schedule_start, budget.progress, plateau.cuts)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if tc.subset_start < 1:
-                    active = candidates[: subset_size(tc, len(candidates), budget.progress)]
-                else:
-                    active = candidates
+                active = candidates[: subset_size(tc, len(candidates), budget.progress)]  # all, or a subset
                 if sampler is not None:
                     index = sampler.draw(active, tc.batch_size)
                 else:
