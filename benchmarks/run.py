@@ -7,7 +7,7 @@ import sys
 
 BENCHMARKS = (
     *("sim_render", "dataset_io", "bus", "center"),  # 10 min
-    "world_models",  # 4.7 h: 2 models x 4 budgets x 3 seeds, one at a time
+    "world_models",  # 2.4 h: 2 models x 4 budgets x 3 seeds, two at a time, a core each
     *("parallel", "large_night", "memory"),  # 10 min, 20 min, 2 min
     "night",  # 1 h
     "continue_night",  # 2 h

@@ -17,7 +17,8 @@ action and every sampling step: that is what makes 27 candidate predictions chea
 What made it learn the dynamics in minutes on a CPU rather than staying action-blind (each measured):
 rotary positions inside each frame (`position = "rope"`: a pan is a shift by one patch, the same relative
 offset everywhere), target tokens that read the last context step's patch beside their noisy one, and
-half of the training samples at pure noise (`pure_noise_fraction`), where only context and action help.
+most of the training samples at pure noise (`pure_noise_fraction`, 0.9 in the baseline), where only context
+and action help.
 
 Sampling is deterministic DDIM on the straight path with `sample_steps` steps; with one step the model
 returns its estimate of the mean target, which is what the MSE metric rewards.
