@@ -73,7 +73,7 @@ def apply_rope(x: Tensor, rope: Rope) -> Tensor:
     2.8 ms for the queries of 27 candidates under bf16 autocast), with the same result."""
     cos, sin = rope
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * torch.complex(cos.float(), sin.float())).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
