@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import Row, print_table, write_section
+from harness.executor import usable_cores
 from models.checkpoint import load_run
 from models.data import load_split
 from models.evaluate import evaluate
@@ -79,7 +80,7 @@ class Job:
 
 def train_all(jobs: list[Job], dataset: Path, runs: Path, parallel: int) -> None:
     """Train every job whose run directory has no metrics yet, `parallel` at a time, a core each."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = usable_cores()
     if parallel > len(cores):
         raise SystemExit(f"--jobs {parallel}: this process may run on {len(cores)} cores only")
     free = cores[:parallel]
@@ -171,7 +172,7 @@ def main() -> None:
     parser.add_argument("--minutes", default="2,5,10,30")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
-        "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="trainings at a time, a core each"
+        "--jobs", type=int, default=len(usable_cores()), help="trainings at a time, a core each"
     )
     parser.add_argument("--dataset", type=Path, default=ROOT / "data/sim")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench")
