@@ -1,6 +1,7 @@
 """World models on 2 CPU cores: quality against training compute, over seeds, and prediction time.
 
     python -m benchmarks.world_models [--models dit,gpt] [--minutes 2,5,10,30] [--seeds 3] [--jobs 2]
+                                      [--first-seed 0]
 
 Each (model, budget, seed) is its own training run (`python -m models.train`, experiments/<model>.toml as
 committed, the learning-rate schedule following the budget, [train] seed 0, 1, 2, ...), judged by the fixed
@@ -16,7 +17,8 @@ the samples its runs bought. (Unpinned, two trainings of two threads each on 2 c
 CPU-second each against 64 alone: oversubscribed threads, not a fair comparison.) The judging, whose
 prediction time is a figure, runs after every training has ended, one run at a time, on all cores. A run
 directory that already holds a judged run is reused, so a long benchmark can be finished in parts
-(`--merge` keeps the rows of the parts it does not redo).
+(`--merge` keeps the rows of the parts it does not redo); `--first-seed K` trains seeds K, K+1, ... only,
+for a seed added to runs that are no longer on disk (its rows are of those seeds alone).
 """
 
 from __future__ import annotations
@@ -147,9 +149,14 @@ def rows_of(kind: str, minutes: float, results: list[dict]) -> list[Row]:
 
 
 def run(
-    kinds: list[str], minutes: list[float], seeds: int, dataset: Path, runs: Path, parallel: int
+    kinds: list[str],
+    minutes: list[float],
+    seeds: range,
+    dataset: Path,
+    runs: Path,
+    parallel: int,
 ) -> list[Row]:
-    jobs = [Job(kind, m, seed) for kind in kinds for m in minutes for seed in range(seeds)]
+    jobs = [Job(kind, m, seed) for kind in kinds for m in minutes for seed in seeds]
     train_all(jobs, dataset, runs, parallel)
     results = {job: judged(job, dataset, runs) for job in jobs}
     rows: list[Row] = []
@@ -171,6 +178,7 @@ def main() -> None:
     parser.add_argument("--models", default="dit,gpt")
     parser.add_argument("--minutes", default="2,5,10,30")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ...")
     parser.add_argument(
         "--jobs", type=int, default=len(usable_cores()), help="trainings at a time, a core each"
     )
@@ -182,7 +190,8 @@ def main() -> None:
     args = parser.parse_args()
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     minutes = [float(m) for m in args.minutes.split(",") if m.strip()]
-    rows = run(kinds, minutes, args.seeds, args.dataset.resolve(), args.runs.resolve(), args.jobs)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    rows = run(kinds, minutes, seeds, args.dataset.resolve(), args.runs.resolve(), args.jobs)
     print_table(TITLE, rows)
     if not args.no_write:
         notes = (
