@@ -88,6 +88,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def flush_subnormals() -> None:
+    """Treat subnormal floats (below 1.2e-38 in float32) as zero, for the whole process. They appear as a
+    model trains, and a CPU computes with them many times slower than with normal floats: a step of the
+    DiT trained for 10 minutes took 136 ms, 102 ms with them flushed (the same weights and batches; the
+    model at its start is not slowed). Zero is what they are, to the precision that training has."""
+    torch.set_flush_denormal(True)
+
+
 def cpu_threads() -> int:
     """A positive OMP_NUM_THREADS (the harness sets it), else DEFAULT_THREADS, capped by the cores this
     process may run on (its CPU affinity). Never os.cpu_count(): a run pinned to one core of a 2-core machine
@@ -224,6 +232,7 @@ def train(
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     torch.set_num_threads(cpu_threads())
+    flush_subnormals()
     threads = torch.get_num_threads()
     if clock == "auto":
         clock = "cpu" if device.type == "cpu" else "wall"
