@@ -81,8 +81,19 @@ class DiTConfig(TransformerConfig):
         ge=0,
         le=1,
         description="Fraction of training samples at t = 1 (pure noise): there the context and action are "
-        "all the model has, which is what teaches it the dynamics; the rest learn to refine.",
+        "all the model has, which is what teaches it the dynamics; the rest learn to refine. At 1.0 the "
+        "model never trains below t = 1, so it can only sample in one step.",
     )
+
+    @model_validator(mode="after")
+    def _steps_it_was_trained_for(self) -> DiTConfig:
+        """Steps after the first start below t = 1: a model trained only at pure noise never saw them."""
+        if self.sample_steps > 1 and self.pure_noise_fraction >= 1:
+            raise ValueError(
+                f"sample_steps {self.sample_steps} needs pure_noise_fraction below 1: a model trained only "
+                "at t = 1 samples in one step"
+            )
+        return self
 
 
 class GPTConfig(TransformerConfig):

@@ -17,8 +17,10 @@ action and every sampling step: that is what makes 27 candidate predictions chea
 What made it learn the dynamics in minutes on a CPU rather than staying action-blind (each measured):
 rotary positions inside each frame (`position = "rope"`: a pan is a shift by one patch, the same relative
 offset everywhere), target tokens that read the last context step's patch beside their noisy one, and
-most of the training samples at pure noise (`pure_noise_fraction`, 0.9 in the baseline), where only context
-and action help.
+training samples at pure noise (`pure_noise_fraction`: all of them in the baseline), where only context and
+action help, and where the noisy patch is not shown at all (zeros in its place: pure noise carries nothing
+about the target, and a one-step prediction made from it varied with the noise drawn). Trained below t = 1
+too (`pure_noise_fraction` < 1), the model also learns to refine and can sample in several steps.
 
 Sampling is deterministic DDIM on the straight path with `sample_steps` steps; with one step the model
 returns its estimate of the mean target, which is what the MSE metric rewards.
@@ -147,6 +149,10 @@ class DiT(WorldModel):
         position, rope = self.positions(self.query_index)
         n_sep = separator.shape[1]
         action_vector = self.action_embed(action)
+        # At pure noise (t = 1) the noisy patch tells nothing about the target: the token reads zeros there
+        # instead, so a one-step prediction does not vary with the noise drawn, and training need not teach
+        # the network to ignore it (side by side at 10 CPU-minutes: 0.34x copy mse, where 0.54x).
+        noisy = torch.where((t < 1).view(-1, 1, 1), noisy, torch.zeros_like(noisy))
         # The action also enters the target tokens directly: adaLN starts at zero, so this is the path it
         # can take from the first step on.
         target = self.embed_target(torch.cat([noisy, last], dim=-1)) + action_vector[:, None]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from models.blocks import Attention
-from models.config import DiTConfig
+from models.config import DiTConfig, load_config
 from models.dit import DiT
 from models.errors import ConfigError
 from models.world_model import fast_bf16
+from tests.helpers import ROOT
 from tests.synthetic import TINY_CANVAS, as_batch, rolled_scenes
 
 TINY = DiTConfig(patch=4, width=64, depth=2, heads=4, sample_steps=1)
@@ -68,6 +71,17 @@ def test_predict_shape_determinism_and_common_noise():
     assert torch.equal(a, model.predict(scrambled, actions, seed=7))
 
 
+def test_one_step_from_pure_noise_predicts_the_same_whatever_the_noise():
+    """At t = 1 the noisy patch carries nothing about the target, and the network is shown zeros in its
+    place: a one-step prediction does not vary with the seed (with more steps it does: the test above)."""
+    torch.manual_seed(0)
+    model = DiT(TINY, TINY_CANVAS).eval()
+    torch.nn.init.normal_(model.final.linear.weight, std=0.05)  # untrained, it would copy the last frame
+    canvases, _ = as_batch(*rolled_scenes(2))
+    actions = torch.tensor([[0, 1, 2], [2, 2, 0]])
+    assert torch.equal(model.predict(canvases, actions, seed=7), model.predict(canvases, actions, seed=8))
+
+
 def test_predictions_follow_the_action_after_training(overfit):
     model, _ = overfit
     canvases, actions = as_batch(*rolled_scenes(6))
@@ -88,6 +102,19 @@ def test_flow_prediction_trains_too():
 def test_patch_must_divide_the_canvas():
     with pytest.raises(ConfigError, match="separator_width=4"):
         DiT(TINY.model_copy(update={"patch": 8}), TINY_CANVAS)
+
+
+def test_more_than_one_sampling_step_needs_training_below_pure_noise(tmp_path: Path):
+    """The baseline trains only at t = 1 (pure_noise_fraction 1.0): asking it for 2 sampling steps is a
+    config error naming the field, not a model that samples from inputs it never saw."""
+    baseline = (ROOT / "experiments/dit.toml").read_text()
+    assert load_config(ROOT / "experiments/dit.toml").model.pure_noise_fraction == 1.0
+    two_steps = tmp_path / "dit.toml"
+    two_steps.write_text(baseline.replace("sample_steps = 1", "sample_steps = 2"))
+    with pytest.raises(ConfigError, match="model.dit: .*sample_steps 2 needs pure_noise_fraction below 1"):
+        load_config(two_steps)
+    two_steps.write_text(baseline.replace("sample_steps = 1", "sample_steps = 2").replace("= 1.0", "= 0.9"))
+    assert load_config(two_steps).model.sample_steps == 2
 
 
 def test_adaln_zero_makes_the_untrained_model_the_copy_baseline():
