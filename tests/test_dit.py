@@ -113,7 +113,8 @@ def test_more_than_one_sampling_step_needs_training_below_pure_noise(tmp_path: P
     two_steps.write_text(baseline.replace("sample_steps = 1", "sample_steps = 2"))
     with pytest.raises(ConfigError, match="model.dit: .*sample_steps 2 needs pure_noise_fraction below 1"):
         load_config(two_steps)
-    two_steps.write_text(baseline.replace("sample_steps = 1", "sample_steps = 2").replace("= 1.0", "= 0.9"))
+    refining = baseline.replace("pure_noise_fraction = 1.0", "pure_noise_fraction = 0.9")
+    two_steps.write_text(refining.replace("sample_steps = 1", "sample_steps = 2"))
     assert load_config(two_steps).model.sample_steps == 2
 
 
