@@ -76,8 +76,9 @@ def loop_block() -> str:
     lines = [
         LOOP_BEGIN,
         "- Anything under `models/` and `experiments/`: the models (`models/dit.py`, `models/gpt.py`,",
-        "  `models/blocks.py`, `models/world_model.py`), training (`models/train.py`), loading a run",
-        "  (`models/checkpoint.py`), configs (`models/config.py`, `experiments/*.toml`), new files there.",
+        "  `models/blocks.py`, `models/world_model.py`), training (`models/train.py`, the optimizer in",
+        "  `models/optim.py`), loading a run (`models/checkpoint.py`), configs (`models/config.py`,",
+        "  `experiments/*.toml`), new files there.",
         "- Not the pinned files, which decide how runs are judged. The judge runs them as they were when the",
         "  night started, whatever a proposal does, and a proposal that edits or shadows one is rejected:",
         *(f"  - `{path}`: {why}" for path, why in PINNED.items()),

@@ -118,7 +118,14 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW's moment decays.")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw for every parameter, or muon for the weight matrices of the transformer blocks "
+        "and AdamW for the rest (models/optim.py).",
+    )
+    muon_lr_scale: float = Field(1.0, gt=0, description="With muon: the matrices' lr as a multiple of lr.")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="With muon: its momentum (Nesterov).")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables EMA.")
     seed: int = 0

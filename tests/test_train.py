@@ -277,10 +277,11 @@ def test_high_error_sampling_draws_its_share_by_loss_and_gives_unseen_canvases_a
     assert set(sampler.draw(torch.tensor([0, 1]), 100).tolist()) <= {0, 1}  # only the candidates
 
 
-def test_training_with_the_lr_range_test_and_high_error_sampling(small_cache: Path, tmp_path: Path):
+def test_training_with_the_lr_range_test_high_error_sampling_and_muon(small_cache: Path, tmp_path: Path):
     """The range test's lrs grow from LR_RANGE[0]; then the run trains from the initial weights at the lr
-    it found, recorded in metrics.json, never above it."""
+    it found, recorded in metrics.json, never above it. With Muon, whose moments the test's end resets."""
     options = {"lr_range_test": True, "lr_range_steps": 10, "sampling": "high_error", "warmup_steps": 0}
+    options |= {"optimizer": "muon", "muon_lr_scale": 2.0}
     config = write_config(tmp_path / "r.toml", small_cache, log_every_s=0.01, **options)
     result = run_train(config, tmp_path / "run", budget="2s")
     assert result.returncode == 0, result.stderr
