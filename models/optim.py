@@ -1,13 +1,13 @@
-"""The optimizer a training steps: AdamW for every parameter, or Muon for the transformer blocks' weight
-matrices beside AdamW for the rest (`train.optimizer` in the experiment TOML).
+"""The optimizer a training steps: AdamW for every parameter, or Muon for the weight matrices of the
+transformer blocks' attention and MLP beside AdamW for the rest (`train.optimizer` in the experiment TOML).
 
 Muon (Keller Jordan, 2024; `torch.optim.Muon`) replaces each update of a weight matrix by the nearest
 orthogonal matrix to its momentum (a few Newton-Schulz iterations in bf16), so every direction of the
 matrix learns at the same rate instead of the few that dominate the gradient. It is meant for the hidden
-matrices only: embeddings, the output layer and every vector (biases, norms, learned tokens) stay with AdamW,
-as its authors prescribe. Its step size follows Moonshot's rule (`adjust_lr_fn="match_rms_adamw"`), which
-gives its updates the RMS of AdamW's, so `train.lr` means the same for both and `train.muon_lr_scale`
-multiplies it for the matrices alone.
+matrices only: embeddings, the output layer and every vector (biases, norms, learned tokens) stay with
+AdamW, as its authors prescribe, and so does the DiT's adaLN modulation (`hidden_matrices` says why). Its
+step size follows Moonshot's rule (`adjust_lr_fn="match_rms_adamw"`), which gives its updates the RMS of
+AdamW's, so `train.lr` means the same for both and `train.muon_lr_scale` multiplies it for the matrices.
 """
 
 from __future__ import annotations
@@ -15,21 +15,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.blocks import MLP, Attention
 from models.config import TrainConfig
 from models.errors import WorldloopError
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """The weight matrices inside `model.blocks` (attention, MLP, adaLN modulation): Muon's share."""
+    """The weight matrices of the attention and MLP layers in `model.blocks`: Muon's share. The DiT's adaLN
+    modulation stays with AdamW: it maps the conditioning to scales, shifts and gates, and side by side at 5
+    CPU-minutes Muon on it as well did worse (val loss 0.00329 against 0.00268, benchmarks/RESULTS.md)."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Module):
         raise WorldloopError(
             f"train.optimizer = muon needs the model's transformer blocks as `self.blocks`; "
             f"{type(model).__name__} has none"
         )
-    matrices = [p for p in blocks.parameters() if p.ndim == 2 and p.requires_grad]
+    layers = [m for m in blocks.modules() if isinstance(m, Attention | MLP)]
+    matrices = [p for layer in layers for p in layer.parameters() if p.ndim == 2 and p.requires_grad]
     if not matrices:
-        raise WorldloopError(f"train.optimizer = muon: {type(model).__name__}.blocks holds no weight matrix")
+        raise WorldloopError(
+            f"train.optimizer = muon: {type(model).__name__}.blocks holds no Attention or MLP "
+            "(models/blocks.py) with a weight matrix"
+        )
     return matrices
 
 

@@ -36,10 +36,10 @@ def test_muon_takes_the_blocks_weight_matrices_and_adamw_everything_else(tmp_pat
     names = {id(p): name for name, p in model.named_parameters()}
     by_muon = sorted(names[id(p)] for group in muon.param_groups for p in group["params"])
     by_adamw = sorted(names[id(p)] for group in adamw.param_groups for p in group["params"])
-    expected = sorted(n for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
-    assert by_muon == expected and "blocks.1.attn.qkv.weight" in by_muon
+    layers = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.out")
+    assert by_muon == sorted(f"blocks.{i}.{layer}.weight" for i in range(2) for layer in layers)
     assert sorted(by_muon + by_adamw) == sorted(names.values())  # every parameter, once
-    assert not any(n.startswith("blocks.") and n.endswith("weight") and "norm" not in n for n in by_adamw)
+    assert ("blocks.0.ada.1.weight" in by_adamw) == (kind == "dit")  # the adaLN modulation: AdamW's
     assert (adamw_scale, muon_scale) == (1.0, 4.0)
 
 
@@ -115,3 +115,7 @@ def test_muon_needs_the_models_blocks():
 
     with pytest.raises(WorldloopError, match="NoBlocks has none"):
         hidden_matrices(NoBlocks())
+    no_layers = NoBlocks()
+    no_layers.blocks = nn.ModuleList([nn.Linear(4, 4)])
+    with pytest.raises(WorldloopError, match="holds no Attention or MLP"):
+        hidden_matrices(no_layers)
