@@ -9,9 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from harness.agents.base import AgentContext
 from harness.executor import Executor
 from harness.pinned import ALLOWED_TEXT
+from models.optim import Optimizer
+from models.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP_RULES = (ROOT / "LOOP.md").read_text()
@@ -84,6 +88,25 @@ def agent_context(
         "rules": LOOP_RULES,
     }
     return AgentContext(**(values | fields))
+
+
+def train_on_batch(
+    model: WorldModel,
+    optimizer: torch.optim.Optimizer | Optimizer,
+    canvases: torch.Tensor,
+    actions: torch.Tensor,
+    steps: int,
+) -> list[float]:
+    """`steps` steps of `optimizer` (torch's, or models/optim.py's) on `model.loss` of one batch; the loss
+    of each step."""
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(canvases, actions).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def processes_using(directory: Path) -> list[int]:

@@ -12,7 +12,7 @@ from models.config import DiTConfig, load_config
 from models.dit import DiT
 from models.errors import ConfigError
 from models.world_model import fast_bf16
-from tests.helpers import ROOT
+from tests.helpers import ROOT, train_on_batch
 from tests.synthetic import TINY_CANVAS, as_batch, rolled_scenes
 
 TINY = DiTConfig(patch=4, width=64, depth=2, heads=4, sample_steps=1)
@@ -33,11 +33,7 @@ def trained_dit(steps: int = 300, config: DiTConfig = TINY, seed: int = 0) -> tu
     before = fixed_noise_loss(model, canvases, actions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     torch.manual_seed(seed)
-    for _ in range(steps):
-        loss = model.loss(canvases, actions).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_on_batch(model, optimizer, canvases, actions, steps)
     return model.eval(), (before, fixed_noise_loss(model, canvases, actions))
 
 

@@ -12,6 +12,7 @@ from models.config import GPTConfig
 from models.gpt import GPT
 from models.vocab import JOINT_NAMES, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
 from models.world_model import to_tensor
+from tests.helpers import train_on_batch
 
 CANVAS = CanvasConfig(frame_width=16, frame_height=16, separator_width=4, motor_strip_height=4)
 CONFIG = GPTConfig(width=32, depth=2, heads=2, patch=4, residual=False)
@@ -46,13 +47,7 @@ def trained() -> tuple[GPT, torch.Tensor, torch.Tensor, list[float]]:
     model = GPT(CONFIG, CANVAS)
     canvases, actions = action_canvases(contexts=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(300):
-        loss = model.loss(canvases, actions).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_on_batch(model, optimizer, canvases, actions, steps=300)
     return model.eval(), canvases, actions, losses
 
 

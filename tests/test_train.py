@@ -29,7 +29,7 @@ from models.strategies import (
 from models.task import Task
 from models.train import flush_subnormals
 from models.world_model import to_tensor
-from tests.helpers import run_module, run_train, write_config
+from tests.helpers import run_module, run_train, train_on_batch, write_config
 
 
 @pytest.mark.parametrize(("kind", "budget"), [("dit", 5.0), ("gpt", 3.0)])
@@ -73,11 +73,7 @@ def test_checkpoint_round_trip_reproduces_predictions_bit_for_bit(
     torch.manual_seed(0)
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(5):
-        loss = model.loss(to_tensor(val.canvases[:4]), torch.as_tensor(val.actions[:4])).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_on_batch(model, optimizer, to_tensor(val.canvases[:4]), torch.as_tensor(val.actions[:4]), steps=5)
     model.eval()
     before = model.predict(context, actions, seed=5)
     run = tmp_path / "run"
