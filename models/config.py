@@ -121,8 +121,8 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW's moment decays.")
     optimizer: Literal["adamw", "muon"] = Field(
         "adamw",
-        description="adamw for every parameter, or muon for the weight matrices of the transformer blocks "
-        "and AdamW for the rest (models/optim.py).",
+        description="adamw for every parameter, or muon for the weight matrices of the transformer blocks' "
+        "attention and MLP and AdamW for the rest (models/optim.py).",
     )
     muon_lr_scale: float = Field(1.0, gt=0, description="With muon: the matrices' lr as a multiple of lr.")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="With muon: its momentum (Nesterov).")
