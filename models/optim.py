@@ -66,25 +66,22 @@ class Optimizer:
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> Optimizer:
-    """`train.optimizer`'s optimizer over every trainable parameter of `model`."""
-    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters: 8.4 -> 2.8 ms a step on a CPU
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.optimizer == "adamw":
-        adamw = torch.optim.AdamW(
-            params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused
-        )
-        return Optimizer([(adamw, 1.0)])
-    matrices = hidden_matrices(model)
+    """`train.optimizer`'s optimizer over every trainable parameter of `model`: with muon, Muon takes the
+    hidden matrices and AdamW the rest; with adamw, AdamW takes them all."""
+    matrices = hidden_matrices(model) if train.optimizer == "muon" else []
     chosen = {id(p) for p in matrices}
-    rest = [p for p in params if id(p) not in chosen]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters: 8.4 -> 2.8 ms a step on a CPU
+    adamw = torch.optim.AdamW(
+        rest, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused
+    )
+    if not matrices:
+        return Optimizer([(adamw, 1.0)])
     muon = torch.optim.Muon(
         matrices,
         lr=train.lr * train.muon_lr_scale,
         weight_decay=train.weight_decay,
         momentum=train.muon_momentum,
         adjust_lr_fn="match_rms_adamw",
-    )
-    adamw = torch.optim.AdamW(
-        rest, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused
     )
     return Optimizer([(adamw, 1.0), (muon, train.muon_lr_scale)])
