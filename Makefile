@@ -9,7 +9,7 @@ EPISODES ?= 200
 setup: $(VENV)/.installed
 
 # CPU machines get the CPU wheel of torch first (2.13.0 lies on this workplace's disk); with a GPU, the
-# package's install resolves torch>=2.4 from pyproject.toml to a CUDA build.
+# package's install resolves torch>=2.9 from pyproject.toml to a CUDA build.
 # Bytecode: compiling all 15k .py files at install (pip's default) takes ~30 s; none of it is needed up front,
 # since Python caches a module's bytecode the first time it imports it. A machine that sets
 # PYTHONDONTWRITEBYTECODE (CI machines often do) would instead compile torch again in every process, so the
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet "uv>=0.5"
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install --quiet --no-compile "torch==2.13.0" \
-		|| $(PY) -m pip install --quiet --no-compile "torch>=2.4"; fi
+		|| $(PY) -m pip install --quiet --no-compile "torch>=2.9"; fi
 	$(PY) -m uv pip install --quiet --python $(PY) -e ".[dev]"
 	PYTHONDONTWRITEBYTECODE= $(PY) -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" \
 		$(WARM_IMPORTS)
