@@ -84,6 +84,14 @@ class DiTConfig(TransformerConfig):
         "all the model has, which is what teaches it the dynamics; the rest learn to refine. At 1.0 the "
         "model never trains below t = 1, so it can only sample in one step.",
     )
+    dynamic_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Extra loss weight on the target's dynamic pixels (those that change from the last "
+        "context step, models/pixels.py's rule, where the judge scores dyn_mse): each counts 1 + this, "
+        "normalized per canvas. 0 = plain MSE; most of a frame does not move, so its loss is mostly about "
+        "pixels that only need copying.",
+    )
 
     @model_validator(mode="after")
     def _steps_it_was_trained_for(self) -> DiTConfig:

@@ -22,6 +22,10 @@ action help, and where the noisy patch is not shown at all (zeros in its place: 
 about the target, and a one-step prediction made from it varied with the noise drawn). Trained below t = 1
 too (`pure_noise_fraction` < 1), the model also learns to refine and can sample in several steps.
 
+The loss may weigh the pixels that change from the last context step more (`dynamic_weight`, with the
+judge's rule for a dynamic pixel, models/pixels.py): most of a frame only has to be copied, which the
+residual does from the first step, so a plain MSE spends most of its weight where there is little to learn.
+
 Sampling is deterministic DDIM on the straight path with `sample_steps` steps; with one step the model
 returns its estimate of the mean target, which is what the MSE metric rewards.
 """
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 from models.blocks import KV, MLP, Attention, Rope, initialize, patchify, unpatchify
 from models.canvas import CanvasConfig
 from models.config import DiTConfig
+from models.pixels import dynamic_mask
 from models.vocab import NUM_ACTIONS
 from models.world_model import WorldModel
 
@@ -190,7 +195,19 @@ class DiT(WorldModel):
         noisy = (1 - tt) * x0 + tt * noise
         output = self.denoise(self.encode_context(canvases), separator, noisy, last, t, actions[:, -1])
         goal = x0 if self.config.prediction == "x0" else noise - x0
-        return F.mse_loss(output, goal, reduction="none").mean(dim=(1, 2))  # per canvas (B,)
+        error = F.mse_loss(output, goal, reduction="none")
+        if not self.config.dynamic_weight:
+            return error.mean(dim=(1, 2))  # per canvas (B,)
+        weight = 1 + self.config.dynamic_weight * self.dynamic_patches(patches[:, self.target_index] - last)
+        return (error * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))
+
+    @staticmethod
+    def dynamic_patches(change: Tensor) -> Tensor:
+        """1.0 on the pixel-channels of changed patches (B, N, 3*p*p) whose pixel is dynamic, else 0.0:
+        `dynamic_mask` per pixel, over the patch's 3 channel planes (patchify's layout)."""
+        b, n, d = change.shape
+        planes = change.reshape(b, n, 3, d // 3)
+        return dynamic_mask(planes, channel_dim=2).expand_as(planes).reshape(b, n, d).float()
 
     # -- inference ---------------------------------------------------------------------------------------
 

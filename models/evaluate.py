@@ -17,8 +17,9 @@ whose code loads and runs the model) defaults to that tree too; the harness pass
 What is measured, all on the target step's camera pixels (the motor strip is scored by `motor_dir_acc`), as
 uint8 pixels scaled to [0, 1]:
 - `mse`, `psnr`, `ssim` of the prediction under the true action;
-- `dyn_mse`: error on the pixels that change between the last context frame and the target, where a model
-  that copies the last frame is wrong; `copy_*` are the copy-last-frame baseline's numbers on the same pixels;
+- `dyn_mse`: error on the pixels that change between the last context frame and the target
+  (`models.pixels.dynamic_mask`), where a model that copies the last frame is wrong; `copy_*` are the
+  copy-last-frame baseline's numbers on the same pixels;
 - `cf_acc`: predict under every action; correct when the true action's prediction is nearest the truth.
   Ties share credit, so an action-blind model scores exactly chance (1/3);
 - `cf_spread`: how different the predictions under different actions are;
@@ -53,17 +54,13 @@ from models.canvas import CanvasConfig, CanvasLayout
 from models.data import SPLITS, CanvasSplit, load_split
 from models.errors import DatasetError, WorldloopError
 from models.files import replacing, write_json
-from models.pixels import MID_GRAY
+from models.pixels import MID_GRAY, dynamic_mask
 from models.predictor import Predictor, PredictorError, PredictorProcess, Request
 from models.task import Task, default_experiment, load_task
 from models.vocab import ACTION_JOINT, NUM_ACTIONS, PAN_MINUS, PAN_PLUS
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 """The tree this judge runs from: where `--task` and `--predictor-root` default to."""
-
-DYNAMIC_THRESHOLD = 0.05
-"""A pixel is dynamic when max over channels |last context - target| exceeds this ([0, 1] scale): ~13 gray
-levels, well above typical video-compression noise, so a still scene has few dynamic pixels."""
 
 PSNR_CAP = 100.0
 """PSNR of a perfect prediction (the real value is infinite, which averages badly)."""
@@ -283,7 +280,7 @@ def score_batch(
     whole = frames[np.arange(b), true_actions]  # the prediction under the true action, uint8
     under_true = predicted[torch.arange(b), torch.as_tensor(true_actions)][:, :, cam]
     pairs = [(i, j) for i in range(NUM_ACTIONS) for j in range(i + 1, NUM_ACTIONS)]
-    dynamic = ((last - truth).abs().amax(1, keepdim=True) > DYNAMIC_THRESHOLD).expand_as(truth)
+    dynamic = dynamic_mask(truth - last, channel_dim=1, value_range=1.0).expand_as(truth)
     joint = motor_joint(config)
     motor_hits = [] if joint is None else motor_directions(canvases, whole, layout, joint, true_actions)
     return Scores(

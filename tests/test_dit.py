@@ -11,6 +11,7 @@ from models.blocks import Attention
 from models.config import DiTConfig, load_config
 from models.dit import DiT
 from models.errors import ConfigError
+from models.pixels import dynamic_mask
 from models.world_model import fast_bf16
 from tests.helpers import ROOT, train_on_batch
 from tests.synthetic import TINY_CANVAS, as_batch, rolled_scenes
@@ -126,6 +127,29 @@ def test_adaln_zero_makes_the_untrained_model_the_copy_baseline():
     last = model.grid.separator_pixel_columns.start
     expected = canvases[..., last - TINY_CANVAS.frame_width : last]
     assert torch.equal(out, expected[:, None].expand_as(out))
+
+
+def test_dynamic_weight_counts_each_changed_pixel_1_plus_w_times():
+    """With `dynamic_weight` w, a canvas's loss weighs each target pixel-channel whose pixel is dynamic (the
+    judge's rule, `dynamic_mask`, on the picture) 1 + w times, normalized by the weights' sum. The untrained
+    residual DiT outputs zeros, so its loss is the squared change from the last step, computed here on the
+    pictures; a mask taken over the wrong channels or cells of the patches gives other numbers."""
+    canvases, actions = as_batch(*rolled_scenes(4))
+    layout = TINY_CANVAS.layout
+    last = layout.step_columns(TINY_CANVAS.history - 1)
+    change = canvases[..., layout.target_columns] - canvases[..., last]
+    dynamic = dynamic_mask(change, channel_dim=1).expand_as(change).float()
+    assert 0.05 < dynamic.mean() < 0.95  # the rolled scenes have both kinds of pixel
+    for w in (0.0, 3.0):
+        torch.manual_seed(0)
+        model = DiT(TINY.model_copy(update={"dynamic_weight": w, "pure_noise_fraction": 1.0}), TINY_CANVAS)
+        weight = 1 + w * dynamic
+        expected = (change.square() * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
+        with torch.no_grad():
+            assert torch.allclose(model.loss(canvases, actions), expected, rtol=1e-5), w
+    plain = change.square().mean(dim=(1, 2, 3))
+    moving = plain > 0  # canvases whose action moved the camera: their weighted loss is another number
+    assert moving.sum() >= 2 and (expected[moving] > 1.05 * plain[moving]).all()
 
 
 def test_qk_norm_is_an_option_of_the_attention_that_uses_it():
