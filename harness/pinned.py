@@ -34,7 +34,7 @@ PINNED: dict[str, str] = {
     "models/evaluate.py": "the judge",
     "models/predictor.py": "how the judge asks a model for frames (the request, the wire)",
     "models/serve.py": "runs your model for the judge, in a process of its own",
-    "models/pixels.py": "the pixel conventions: uint8 canvases <-> tensors in [-1, 1]",
+    "models/pixels.py": "pixel conventions: uint8 canvases <-> tensors in [-1, 1], dynamic pixels",
     "models/task.py": "the task: canvas, dataset and split (`DataConfig`)",
     "models/data.py": "splits, samples, the canvas cache",
     "models/canvas.py": "what a sample looks like",
