@@ -187,7 +187,8 @@ class DiT(WorldModel):
     def loss(self, canvases: Tensor, actions: Tensor) -> Tensor:
         patches = patchify(canvases, self.config.patch)
         last = self.last_step(patches)
-        x0 = patches[:, self.target_index] - self.residual_base(patches)
+        target = patches[:, self.target_index]
+        x0 = target - self.residual_base(patches)
         separator = patches[:, self.separator_index]
         t = self.sample_t(len(canvases), canvases.device)
         noise = torch.randn_like(x0)
@@ -198,7 +199,7 @@ class DiT(WorldModel):
         error = F.mse_loss(output, goal, reduction="none")
         if not self.config.dynamic_weight:
             return error.mean(dim=(1, 2))  # per canvas (B,)
-        weight = 1 + self.config.dynamic_weight * self.dynamic_patches(patches[:, self.target_index] - last)
+        weight = 1 + self.config.dynamic_weight * self.dynamic_patches(target - last)
         return (error * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2))
 
     @staticmethod
