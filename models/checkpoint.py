@@ -48,7 +48,8 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 def load_run(
     run_dir: Path, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[WorldModel, ExperimentConfig]:
-    """The model of a run directory in eval mode; the EMA weights when present and asked for."""
+    """The model of a run directory, ready to predict (`WorldModel.for_inference`: eval mode, bf16 weights
+    where predictions run in bf16); the EMA weights when present and asked for."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     weights = run_dir / (EMA_FILE if ema and (run_dir / EMA_FILE).exists() else WEIGHTS_FILE)
@@ -61,4 +62,4 @@ def load_run(
     except (RuntimeError, OSError) as err:
         first = str(err).strip().splitlines()[0]
         raise WorldloopError(f"{weights}: weights do not fit the model in {CONFIG_FILE} ({first})") from None
-    return model.to(device).eval(), config
+    return model.to(device).for_inference(), config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,25 @@ def test_predictions_in_bf16_where_it_pays_stay_within_a_bf16_rounding_of_float3
         assert not torch.equal(on, off) and (on - off).abs().max() < 0.05
     else:
         assert torch.equal(on, off)
+
+
+def test_a_model_made_ready_to_predict_keeps_bf16_weights_where_it_predicts_in_bf16(overfit):
+    """`for_inference` (what `load_run` returns) casts the parameters to bf16 once where predictions run under
+    bf16 autocast anyway; buffers stay float32, predictions stay float32 and within a bf16 rounding."""
+    model, _ = overfit
+    canvases, _ = as_batch(*rolled_scenes(2))
+    actions = torch.arange(3).repeat(len(canvases), 1)
+    fast = fast_bf16(torch.device("cpu"))
+    ready = copy.deepcopy(model).for_inference()
+    assert not ready.training
+    assert {p.dtype for p in ready.parameters()} == {torch.bfloat16 if fast else torch.float32}
+    assert {b.dtype for b in ready.buffers() if b.is_floating_point()} == {torch.float32}
+    off = copy.deepcopy(model)
+    off.config = off.config.model_copy(update={"inference_bf16": False})
+    assert {p.dtype for p in off.for_inference().parameters()} == {torch.float32}
+    autocast, cast = model.predict(canvases, actions, seed=0), ready.predict(canvases, actions, seed=0)
+    assert cast.dtype == torch.float32
+    if fast:
+        assert not torch.equal(cast, autocast) and (cast - autocast).abs().max() < 0.05
+    else:
+        assert torch.equal(cast, autocast)

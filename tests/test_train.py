@@ -74,12 +74,13 @@ def test_checkpoint_round_trip_reproduces_predictions_bit_for_bit(
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_on_batch(model, optimizer, to_tensor(val.canvases[:4]), torch.as_tensor(val.actions[:4]), steps=5)
-    model.eval()
-    before = model.predict(context, actions, seed=5)
     run = tmp_path / "run"
     run.mkdir()
     write_json(run / CONFIG_FILE, config.model_dump(mode="json"))
     save_weights(model, run / WEIGHTS_FILE)
+    before = model.for_inference().predict(
+        context, actions, seed=5
+    )  # made ready to predict as a loaded run is
     loaded, _ = load_run(run)
     assert torch.equal(loaded.predict(context, actions, seed=5), before)
 
