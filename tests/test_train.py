@@ -78,9 +78,7 @@ def test_checkpoint_round_trip_reproduces_predictions_bit_for_bit(
     run.mkdir()
     write_json(run / CONFIG_FILE, config.model_dump(mode="json"))
     save_weights(model, run / WEIGHTS_FILE)
-    before = model.for_inference().predict(
-        context, actions, seed=5
-    )  # made ready to predict as a loaded run is
+    before = model.for_inference().predict(context, actions, seed=5)  # ready to predict, as loaded runs are
     loaded, _ = load_run(run)
     assert torch.equal(loaded.predict(context, actions, seed=5), before)
 
