@@ -173,6 +173,10 @@ class WorldModel(nn.Module, ABC):
             )
         return actions.shape[0], actions.shape[1]
 
+    def predicts_in_bf16(self) -> bool:
+        """Whether predictions run in bf16: `inference_bf16` on a device where bf16 is fast (`fast_bf16`)."""
+        return self.config.inference_bf16 and fast_bf16(next(self.parameters()).device)
+
     def for_inference(self) -> WorldModel:
         """This model in eval mode, ready to predict: with `inference_bf16` on a device with fast bf16 its
         parameters are cast to bf16 once, here, rather than by autocast on every call, and the activations
@@ -181,7 +185,7 @@ class WorldModel(nn.Module, ABC):
         Buffers (rotary tables, action colors) stay float32. For a loaded run (`load_run`): a model that
         trains keeps float32 weights."""
         self.eval()
-        if self.config.inference_bf16 and fast_bf16(next(self.parameters()).device):
+        if self.predicts_in_bf16():
             for param in self.parameters():
                 param.data = param.data.to(torch.bfloat16)
         return self
@@ -189,13 +193,12 @@ class WorldModel(nn.Module, ABC):
     @contextmanager
     def eval_mode(self) -> Iterator[None]:
         """Predicting: dropout off, whatever mode the caller left the model in, and bf16 autocast where it
-        pays (`inference_bf16`, `fast_bf16`)."""
+        pays (`predicts_in_bf16`)."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        bf16 = self.config.inference_bf16 and fast_bf16(device)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.predicts_in_bf16()):
                 yield
         finally:
             self.train(was_training)
